@@ -1,0 +1,300 @@
+"""The command line: verbs and options, mapped onto the modules below. Heavy modules are
+imported inside the verbs so that `amber status` starts fast."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from amber import __version__, log
+from amber.log import AmberError, ExitCode
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=False)
+    sys.stdout.write("\n")
+
+
+# ---- transactions --------------------------------------------------------------------------
+
+def _transaction_options(args: argparse.Namespace) -> Any:
+    from amber.transaction import Options
+
+    return Options(
+        root=args.root,
+        base=args.continue_from,
+        description=args.description,
+        drop_if_no_change=args.drop_if_no_change,
+        wait=args.wait,
+    )
+
+
+def _report_transaction(args: argparse.Namespace, result: Any) -> int:
+    if args.json:
+        print_json(result.as_json())
+    else:
+        log.info(result.summary())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from amber import transaction
+
+    if not args.command:
+        log.die("no command given", hint="amber run -- COMMAND [ARG...]", code=ExitCode.USAGE)
+    result = transaction.run_command(_transaction_options(args), args.command)
+    return _report_transaction(args, result)
+
+
+def cmd_shell(args: argparse.Namespace) -> int:
+    from amber import transaction
+
+    result = transaction.run_shell(_transaction_options(args))
+    return _report_transaction(args, result)
+
+
+def cmd_pkg(args: argparse.Namespace) -> int:
+    from amber import transaction
+
+    result = transaction.run_packages(_transaction_options(args), args.action, args.packages)
+    return _report_transaction(args, result)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from amber import transaction
+
+    result = transaction.run_packages(_transaction_options(args), "up", [])
+    return _report_transaction(args, result)
+
+
+def cmd_initrd(args: argparse.Namespace) -> int:
+    from amber import transaction
+
+    result = transaction.run_initrd(_transaction_options(args))
+    return _report_transaction(args, result)
+
+
+# ---- snapshots -----------------------------------------------------------------------------
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from amber import system
+
+    status = system.status(args.root)
+    if args.json:
+        print_json(status.as_json())
+    else:
+        print(status.render())
+    return 0
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    from amber import system
+
+    rows = system.snapshot_rows(args.root)
+    if args.json:
+        print_json([row.as_json() for row in rows])
+    else:
+        print(system.render_snapshot_table(rows))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from amber import system
+
+    result = system.rollback(args.root, args.target, revert_livepatches=args.revert_livepatches,
+                             wait=args.wait)
+    if args.json:
+        print_json(result)
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    from amber import system
+
+    system.pin(args.root, args.number, pinned=args.verb == "pin", wait=args.wait)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from amber import system
+
+    system.delete(args.root, args.numbers, wait=args.wait)
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from amber import system
+
+    removed = system.cleanup(args.root, keep=args.keep, wait=args.wait)
+    if args.json:
+        print_json({"removed": removed})
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from amber import packages, system
+
+    a, b = system.resolve_pair(args.root, args.a, args.b)
+    changes = packages.diff(system.store(args.root).path(a), system.store(args.root).path(b))
+    if args.json:
+        print_json(changes.as_json())
+    else:
+        print(changes.render(a, b))
+    return 0
+
+
+# ---- parser --------------------------------------------------------------------------------
+
+def _snapshot_arg(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"not a snapshot number: {text!r}")
+    return int(text)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print machine-readable JSON on stdout")
+    parser.add_argument("--wait", action="store_true", default=argparse.SUPPRESS,
+                        help="wait for another amber transaction instead of failing")
+
+
+def _transaction_args(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument("--continue", dest="continue_from", nargs="?", const="default",
+                        default=None, metavar="N",
+                        help="base the new snapshot on the default snapshot (or on N) "
+                             "instead of the booted one")
+    parser.add_argument("--drop-if-no-change", action="store_true",
+                        help="discard the new snapshot if nothing in it changed")
+    parser.add_argument("--description", "-m", default=None, help="description of the snapshot")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="amber",
+        description="Immutable btrfs root: transactional updates, rollback and live patches.",
+        epilog="Every change lands in a new snapshot that becomes the default for the next boot "
+               "only when it fully succeeded. See 'amber VERB --help'.",
+    )
+    parser.add_argument("--version", action="version", version=f"amber {__version__}")
+    parser.add_argument("--root", type=Path, default=Path(os.environ.get("AMBER_ROOT", "/")),
+                        help="system root to manage (default: /)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument("--wait", action="store_true",
+                        help="wait for another amber transaction instead of failing")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every command run")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    p = sub.add_parser("run", help="run a command in a new snapshot")
+    _transaction_args(p)
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("shell", help="open an interactive shell in a new snapshot")
+    _transaction_args(p)
+    p.set_defaults(handler=cmd_shell)
+
+    p = sub.add_parser("pkg", help="install, remove or update packages in a new snapshot")
+    _transaction_args(p)
+    p.add_argument("action", choices=["install", "remove", "update"])
+    p.add_argument("packages", nargs="+", metavar="PKG",
+                   help="package names, or local .deb/.rpm files")
+    p.set_defaults(handler=cmd_pkg)
+
+    p = sub.add_parser("up", help="update every package in a new snapshot")
+    _transaction_args(p)
+    p.set_defaults(handler=cmd_up)
+
+    p = sub.add_parser("initrd", help="regenerate the initrd in a new snapshot")
+    _transaction_args(p)
+    p.set_defaults(handler=cmd_initrd)
+
+    p = sub.add_parser("status", help="booted and default snapshot, pending reboot")
+    _common(p)
+    p.set_defaults(handler=cmd_status)
+
+    p = sub.add_parser("snapshots", aliases=["list"], help="list snapshots")
+    _common(p)
+    p.set_defaults(handler=cmd_snapshots)
+
+    p = sub.add_parser("rollback", help="make an older snapshot the default for the next boot")
+    _common(p)
+    p.add_argument("target", nargs="?", default=None, metavar="N|last",
+                   help="snapshot number, or 'last' (the previous default); "
+                        "without it: the booted snapshot")
+    p.add_argument("--revert-livepatches", action="store_true",
+                   help="also unload live patches the target snapshot does not have")
+    p.set_defaults(handler=cmd_rollback)
+
+    for verb, text in (("pin", "keep a snapshot from cleanup"), ("unpin", "let cleanup remove it")):
+        p = sub.add_parser(verb, help=text)
+        _common(p)
+        p.add_argument("number", type=_snapshot_arg)
+        p.set_defaults(handler=cmd_pin)
+
+    p = sub.add_parser("delete", help="delete snapshots (never the booted or default one)")
+    _common(p)
+    p.add_argument("numbers", type=_snapshot_arg, nargs="+", metavar="N")
+    p.set_defaults(handler=cmd_delete)
+
+    p = sub.add_parser("cleanup", help="delete old snapshots and unfinished transactions")
+    _common(p)
+    p.add_argument("--keep", type=int, default=None,
+                   help="keep the newest K (default: [snapshots] keep in amber.conf)")
+    p.set_defaults(handler=cmd_cleanup)
+
+    p = sub.add_parser("diff", help="packages added, removed and changed between two snapshots")
+    _common(p)
+    p.add_argument("a", metavar="A", help="snapshot number (or 'booted', 'default')")
+    p.add_argument("b", metavar="B", help="snapshot number (or 'booted', 'default')")
+    p.set_defaults(handler=cmd_diff)
+
+    from amber.livepatch import cli as livepatch_cli
+
+    livepatch_cli.add_parser(sub, _common)
+
+    from amber import image_cli
+
+    image_cli.add_parser(sub, _common)
+    return parser
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    log.configure(quiet=args.quiet, verbose=args.verbose)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return ExitCode.USAGE
+    command = getattr(args, "command", None)
+    if command and command[0] == "--":
+        args.command = command[1:]
+    # SIGTERM takes the same clean path as Ctrl-C: the transaction is rolled back.
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        return int(args.handler(args))
+    except AmberError as e:
+        log.error(e)
+        return int(e.code)
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was changed", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Configuration: /etc/amber/amber.conf (TOML) of the system root, as frozen dataclasses.
+
+/etc is part of the read-only snapshot, so amber.conf changes through a transaction and rolls
+back with the system. Switches that an admin flips at run time (`amber livepatch enable`) are
+kept on /var, in /var/lib/amber/state.toml, which overrides amber.conf and survives rollbacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amber.log import ExitCode, die
+
+CONFIG_PATH = "etc/amber/amber.conf"
+STATE_PATH = "var/lib/amber/state.toml"
+SIGNATURE_POLICIES = ("off", "warn", "enforce")
+
+
+@dataclass(frozen=True)
+class SnapshotsConfig:
+    keep: int = 10  # `amber cleanup` keeps the newest N snapshots (plus pinned, booted, default)
+
+
+@dataclass(frozen=True)
+class LivepatchConfig:
+    enabled: bool = False  # live patching is off until the admin enables it
+    signature_policy: str = "warn"  # off | warn | enforce
+    trusted_keys: str = "/etc/amber/keys"  # PEM or DER certificates trusted for module signatures
+    transition_timeout: float = 60.0  # seconds to wait for a patch transition before reversing it
+
+
+@dataclass(frozen=True)
+class Config:
+    snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
+    livepatch: LivepatchConfig = field(default_factory=LivepatchConfig)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as e:
+        die(f"cannot read {path}: {e.strerror}", code=ExitCode.CONFIG)
+    import tomllib
+
+    try:
+        return tomllib.loads(data.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        die(f"{path} is not valid TOML: {e}", hint="fix the file; see the README's Configuration",
+            code=ExitCode.CONFIG)
+
+
+def _section(cls: Any, data: Any, name: str, path: Path) -> Any:
+    if not isinstance(data, dict):
+        die(f"{path}: [{name}] must be a table", code=ExitCode.CONFIG)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        key_name = key.replace("-", "_")
+        if key_name not in fields:
+            die(f"{path}: unknown key '{key}' in [{name}]",
+                hint=f"known keys: {', '.join(sorted(fields))}", code=ExitCode.CONFIG)
+        default = fields[key_name].default
+        expected = type(default)
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            die(f"{path}: '{key}' in [{name}] must be {expected.__name__}, not {value!r}",
+                code=ExitCode.CONFIG)
+        values[key_name] = value
+    return cls(**values)
+
+
+def parse(data: dict[str, Any], path: Path) -> Config:
+    known = {"snapshots": SnapshotsConfig, "livepatch": LivepatchConfig}
+    sections: dict[str, Any] = {}
+    for name, value in data.items():
+        if name not in known:
+            die(f"{path}: unknown section [{name}]", hint=f"known: {', '.join(known)}",
+                code=ExitCode.CONFIG)
+        sections[name] = _section(known[name], value, name, path)
+    config = Config(**sections)
+    if config.livepatch.signature_policy not in SIGNATURE_POLICIES:
+        die(f"{path}: signature_policy must be one of {', '.join(SIGNATURE_POLICIES)}",
+            code=ExitCode.CONFIG)
+    if config.snapshots.keep < 1:
+        die(f"{path}: keep must be at least 1", code=ExitCode.CONFIG)
+    return config
+
+
+def load(root: Path) -> Config:
+    path = root / CONFIG_PATH
+    config = parse(_read_toml(path), path)
+    state_path = root / STATE_PATH
+    state = _read_toml(state_path)
+    enabled = state.get("livepatch_enabled")
+    if isinstance(enabled, bool):
+        config = dataclasses.replace(
+            config, livepatch=dataclasses.replace(config.livepatch, enabled=enabled))
+    return config
+
+
+def save_state(root: Path, key: str, value: bool | str | int) -> None:
+    """Store a run-time switch in /var/lib/amber/state.toml (atomically)."""
+    path = root / STATE_PATH
+    state = _read_toml(path)
+    state[key] = value
+    lines = []
+    for k, v in sorted(state.items()):
+        if isinstance(v, bool):
+            lines.append(f"{k} = {'true' if v else 'false'}")
+        elif isinstance(v, int | float):
+            lines.append(f"{k} = {v}")
+        else:
+            lines.append(f'{k} = "{v}"')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,127 @@
+"""The on-disk layout of an amber system, and how to create and mount it.
+
+btrfs top level (id 5)
+└── @                      never mounted itself
+    ├── .snapshots         mounted at /.snapshots; <N>/snapshot and <N>/info.xml
+    └── var, home, root, opt, srv, usr/local   writable, shared by every snapshot
+
+Package databases live inside the snapshot (/usr/lib/sysimage/<db>), so that a rollback rolls
+them back too; /var/lib/dpkg and /var/lib/rpm are symbolic links to them, as SUSE does for rpm.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from amber import btrfs
+from amber.log import die
+from amber.run import run
+from amber.snapshots import Snapshot, Store, now_utc
+
+CONTAINER = "@"
+SHARED_SUBVOLUMES = ("var", "home", "root", "opt", "srv", "usr/local")
+# (path inside the root, where it lives inside the snapshot)
+PACKAGE_DATABASES = (
+    ("var/lib/dpkg", "usr/lib/sysimage/dpkg"),
+    ("var/lib/rpm", "usr/lib/sysimage/rpm"),
+)
+
+
+def first_snapshot_path(top: Path) -> Path:
+    return top / CONTAINER / ".snapshots" / "1" / "snapshot"
+
+
+def create_skeleton(top: Path) -> Path:
+    """On an empty filesystem mounted at its top level, create @, @/.snapshots and snapshot 1.
+
+    Returns the (still writable, empty) root of snapshot 1 for the caller to fill.
+    """
+    container = top / CONTAINER
+    btrfs.create_subvolume(container)
+    btrfs.create_subvolume(container / ".snapshots")
+    (container / ".snapshots" / "1").mkdir()
+    snapshot = first_snapshot_path(top)
+    btrfs.create_subvolume(snapshot)
+    return snapshot
+
+
+def _move_tree_contents(source: Path, dest: Path) -> None:
+    """Move what is inside source into dest, across subvolumes (a rename cannot)."""
+    entries = list(source.iterdir())
+    if not entries:
+        return
+    run(["cp", "-a", "--reflink=auto", *[str(e) for e in entries], str(dest) + "/"])
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def relocate_package_databases(rootfs: Path) -> None:
+    """Move package databases from /var into the snapshot and leave links behind."""
+    for in_var, in_snapshot in PACKAGE_DATABASES:
+        old = rootfs / in_var
+        new = rootfs / in_snapshot
+        if old.is_symlink() or not old.is_dir():
+            continue
+        new.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(old, new)
+        link = os.path.relpath(new, old.parent)
+        old.symlink_to(link)
+
+
+def finish(top: Path, description: str = "first root filesystem") -> None:
+    """Split the shared subvolumes off snapshot 1, close it and make it the default."""
+    container = top / CONTAINER
+    snapshot = first_snapshot_path(top)
+    relocate_package_databases(snapshot)
+    for name in SHARED_SUBVOLUMES:
+        shared = container / name
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        btrfs.create_subvolume(shared)
+        inside = snapshot / name
+        if inside.is_dir() and not inside.is_symlink():
+            _move_tree_contents(inside, shared)
+        else:
+            inside.mkdir(parents=True, exist_ok=True)
+    # The snapshot keeps the links to its package databases too, for readers without /var.
+    for in_var, in_snapshot in PACKAGE_DATABASES:
+        if (snapshot / in_snapshot).is_dir():
+            link = snapshot / in_var
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(os.path.relpath(snapshot / in_snapshot, link.parent))
+    (snapshot / ".snapshots").mkdir(exist_ok=True)
+    store = Store(container)
+    store.write_info(Snapshot(number=1, date=now_utc(), description=description,
+                              userdata={"important": "yes"}))
+    btrfs.set_read_only(snapshot, True)
+    btrfs.set_default_subvolume(top, btrfs.subvolume_id(snapshot))
+    btrfs.sync(top)
+
+
+def mount_root(device: Path, target: Path) -> list[Path]:
+    """Mount a filesystem as a booted system sees it: default subvolume at target, .snapshots
+    and the shared subvolumes at their places. Returns the mount points, innermost last."""
+    if not target.is_dir():
+        die(f"mount point {target} does not exist")
+    mounted: list[Path] = []
+    run(["mount", "-o", "compress=zstd:1", str(device), str(target)])
+    mounted.append(target)
+    try:
+        for name in (".snapshots", *SHARED_SUBVOLUMES):
+            where = target / name
+            run(["mount", "-o", f"subvol={CONTAINER}/{name}", str(device), str(where)])
+            mounted.append(where)
+    except BaseException:
+        unmount_all(mounted)
+        raise
+    return mounted
+
+
+def unmount_all(mount_points: list[Path]) -> None:
+    for where in reversed(mount_points):
+        run(["umount", str(where)], check=False)
