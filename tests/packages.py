@@ -1,0 +1,81 @@
+"""Build small real .deb and .rpm packages for tests, with dpkg-deb and rpmbuild (no network)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+
+def build_deb(out_dir: Path, name: str, version: str, files: dict[str, str],
+              postinst: str | None = None, depends: str | None = None) -> Path:
+    """A .deb that installs `files` (absolute path → content); postinst is a shell script body."""
+    tree = out_dir / f"{name}_{version}.tree"
+    debian = tree / "DEBIAN"
+    debian.mkdir(parents=True, exist_ok=True)
+    for path, content in files.items():
+        target = tree / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    control = textwrap.dedent(f"""\
+        Package: {name}
+        Version: {version}
+        Architecture: all
+        Maintainer: amber tests <tests@amber.invalid>
+        Description: {name}, a package built by amber's tests
+        """)
+    if depends:
+        control += f"Depends: {depends}\n"
+    (debian / "control").write_text(control)
+    if postinst is not None:
+        script = debian / "postinst"
+        script.write_text("#!/bin/sh\nset -e\n" + postinst + "\n")
+        script.chmod(0o755)
+    deb = out_dir / f"{name}_{version}_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(tree), str(deb)],
+                   check=True, capture_output=True)
+    return deb
+
+
+def build_rpm(out_dir: Path, name: str, version: str, files: dict[str, str],
+              post: str | None = None, release: str = "1") -> Path:
+    """A noarch .rpm without automatic dependencies that installs `files`."""
+    top = out_dir / f"rpmbuild-{name}-{version}"
+    for sub in ("SPECS", "SOURCES", "BUILD", "RPMS", "SRPMS", "BUILDROOT"):
+        (top / sub).mkdir(parents=True, exist_ok=True)
+    payload = top / "SOURCES" / "payload"
+    install_lines = []
+    file_lines = []
+    for index, (path, content) in enumerate(files.items()):
+        source = payload / str(index)
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text(content)
+        install_lines.append(f"install -D -m 0644 {source} %{{buildroot}}{path}")
+        file_lines.append(path)
+    spec = "\n".join([
+        f"Name: {name}",
+        f"Version: {version}",
+        f"Release: {release}",
+        "Summary: a package built by amber's tests",
+        "License: GPL-2.0-or-later",
+        "BuildArch: noarch",
+        "AutoReqProv: no",
+        "%description",
+        f"{name}, a package built by amber's tests.",
+        "%install",
+        *install_lines,
+        *(["%post", post] if post else []),
+        "%files",
+        *file_lines,
+        "",
+    ])
+    spec_path = top / "SPECS" / f"{name}.spec"
+    spec_path.write_text(spec)
+    env = dict(os.environ, HOME=str(top))
+    subprocess.run(["rpmbuild", "-bb", "--define", f"_topdir {top}",
+                    "--define", "_build_id_links none", str(spec_path)],
+                   check=True, capture_output=True, env=env)
+    rpms = list((top / "RPMS").rglob("*.rpm"))
+    assert len(rpms) == 1, rpms
+    return rpms[0]
