@@ -80,7 +80,8 @@ def build_modules(kernel_release: str, out_dir: Path) -> dict[str, Path]:
 
 # ---- signing --------------------------------------------------------------------------------
 
-def make_signing_key(directory: Path, common_name: str = "amber test signing key") -> tuple[Path, Path]:
+def make_signing_key(directory: Path,
+                     common_name: str = "amber test signing key") -> tuple[Path, Path]:
     """A fresh RSA key and self-signed certificate fit for module signing: (key.pem, cert.pem)."""
     directory.mkdir(parents=True, exist_ok=True)
     key, cert = directory / "signing_key.pem", directory / "signing_cert.pem"
