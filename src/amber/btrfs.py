@@ -139,3 +139,10 @@ def set_default_subvolume(fs_path: Path, subvol_id: int) -> None:
 def sync(fs_path: Path) -> None:
     bu = _btrfsutil()
     _call("syncing the filesystem", fs_path, lambda: bu.sync(str(fs_path)))
+
+
+def generation(path: Path) -> int:
+    """The transaction id of the subvolume's last change (call sync first to see recent ones)."""
+    bu = _btrfsutil()
+    info = _call("reading subvolume info", path, lambda: bu.subvolume_info(str(path)))
+    return int(info.generation)

@@ -11,11 +11,9 @@ import dataclasses
 import datetime
 import os
 import re
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from xml.sax.saxutils import escape
 
 from amber import btrfs
 from amber.log import AmberError, ExitCode, die
@@ -58,6 +56,10 @@ class Snapshot:
             else:
                 data[key] = value
         return dataclasses.replace(self, userdata=data)
+
+
+def escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def now_utc() -> str:
@@ -243,6 +245,8 @@ class Store:
         path = self.path(number)
         if path.exists() and btrfs.is_subvolume(path):
             btrfs.delete_subvolume(path)
+        import shutil
+
         shutil.rmtree(self.dir / str(number), ignore_errors=True)
 
     def set_read_only(self, number: int, read_only: bool) -> None:

@@ -1,0 +1,233 @@
+"""The state of a system root and the snapshot commands: status, snapshots, rollback, pin,
+delete, cleanup."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amber import log
+from amber.log import ExitCode, die
+from amber.snapshots import PINNED_KEY, Snapshot, Store
+from amber.transaction import locked, read_lock_record, read_state, set_default
+
+
+def store(root: Path) -> Store:
+    s = Store(root)
+    s.check()
+    return s
+
+
+# ---- status ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Status:
+    root: str
+    booted: int | None
+    default: int | None
+    in_progress: list[int]
+    interrupted: list[int]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reboot_needed(self) -> bool:
+        return self.default is not None and self.default != self.booted
+
+    def as_json(self) -> dict[str, Any]:
+        return {"root": self.root, "booted": self.booted, "default": self.default,
+                "in_progress": self.in_progress, "interrupted": self.interrupted,
+                "reboot_needed": self.reboot_needed, **self.extra}
+
+    def render(self) -> str:
+        lines = [f"booted snapshot:   {self.booted}", f"default snapshot:  {self.default}"]
+        if self.in_progress:
+            lines.append(f"in progress:       {', '.join(map(str, self.in_progress))}")
+        if self.interrupted:
+            lines.append(f"interrupted:       {', '.join(map(str, self.interrupted))} "
+                         "(removed by the next transaction or 'amber cleanup')")
+        if self.reboot_needed:
+            lines.append(f"reboot needed:     yes, to boot snapshot {self.default}")
+        else:
+            lines.append("reboot needed:     no")
+        return "\n".join(lines)
+
+
+def status(root: Path) -> Status:
+    s = store(root)
+    held, record = read_lock_record(s)
+    number = record.get("snapshot")
+    running = [number] if held and isinstance(number, int) else []
+    interrupted = [number] if not held and isinstance(number, int) else []
+    if interrupted and _recover_if_possible(s) is not None:
+        interrupted = []
+    return Status(str(root), s.booted(), s.default(), running, interrupted)
+
+
+def _recover_if_possible(s: Store) -> list[int] | None:
+    """A crashed transaction is cleaned up by the next amber command, status included, when it
+    can take the lock (root on a writable /.snapshots); otherwise it is only reported."""
+    try:
+        with locked(s, wait=False):
+            return []
+    except (log.AmberError, OSError):
+        return None
+
+
+# ---- listing -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Row:
+    snapshot: Snapshot
+    read_only: bool
+    default: bool
+    booted: bool
+
+    def as_json(self) -> dict[str, Any]:
+        s = self.snapshot
+        return {"number": s.number, "date": s.date, "description": s.description,
+                "read_only": self.read_only, "default": self.default, "booted": self.booted,
+                "pinned": s.pinned, "in_progress": s.in_progress, "cleanup": s.cleanup,
+                "type": s.type, "userdata": dict(s.userdata)}
+
+
+def snapshot_rows(root: Path) -> list[Row]:
+    s = store(root)
+    booted, default = s.booted(), s.default()
+    return [Row(snap, s.is_read_only(snap.number), snap.number == default,
+                snap.number == booted) for snap in s.list()]
+
+
+def render_snapshot_table(rows: list[Row]) -> str:
+    lines = [f"{'#':>5}  {'flags':<6} {'date':<19}  description"]
+    for r in rows:
+        flags = ("*" if r.booted else " ") + ("+" if r.default else " ") + \
+                ("P" if r.snapshot.pinned else " ") + ("w" if not r.read_only else " ")
+        lines.append(f"{r.snapshot.number:>5}  {flags:<6} {r.snapshot.date:<19}  "
+                     f"{r.snapshot.description}")
+    lines.append("flags: * booted, + default (next boot), P pinned, w writable")
+    return "\n".join(lines)
+
+
+# ---- changing which snapshot boots ---------------------------------------------------------------
+
+def resolve_snapshot(s: Store, text: str) -> int:
+    if text == "booted":
+        number = s.booted()
+    elif text == "default":
+        number = s.default()
+    elif text.isdigit():
+        number = int(text)
+    else:
+        die(f"not a snapshot: {text!r}", hint="a number, 'booted' or 'default'",
+            code=ExitCode.USAGE)
+    if number is None:
+        die(f"there is no {text} snapshot on this root", code=ExitCode.NOT_FOUND)
+    s.require(number)
+    return number
+
+
+def resolve_pair(root: Path, a: str, b: str) -> tuple[int, int]:
+    s = store(root)
+    return resolve_snapshot(s, a), resolve_snapshot(s, b)
+
+
+def rollback(root: Path, target: str | None, *, revert_livepatches: bool = False,
+             wait: bool = False) -> dict[str, Any]:
+    s = store(root)
+    with locked(s, wait):
+        booted, default = s.booted(), s.default()
+        if target is None:
+            if booted is None:
+                die("the root is not booted from a snapshot", hint="amber rollback N",
+                    code=ExitCode.USAGE)
+            number = booted
+        elif target == "last":
+            previous = read_state(s).get("previous_default")
+            if not isinstance(previous, int) or not s.exists(previous):
+                die("no previous default snapshot is recorded", hint="amber rollback N",
+                    code=ExitCode.NOT_FOUND)
+            number = previous
+        else:
+            number = resolve_snapshot(s, target)
+        snap = s.get(number)
+        if snap.in_progress:
+            die(f"snapshot {number} is an unfinished transaction", code=ExitCode.REFUSED,
+                hint="pick a finished snapshot from 'amber snapshots'")
+        if not s.is_read_only(number):
+            die(f"snapshot {number} is writable, so it would not boot the same system twice",
+                hint="pick a read-only snapshot", code=ExitCode.REFUSED)
+        if number == default:
+            log.info(f"snapshot {number} is already the default")
+        else:
+            set_default(s, number)
+            log.step(f"snapshot {number} is the default for the next boot (was {default})")
+    result: dict[str, Any] = {"default": number, "previous_default": default, "booted": booted}
+    if number != booted:
+        log.info(f"reboot to boot snapshot {number}")
+    return result
+
+
+# ---- pinning, deleting, cleanup --------------------------------------------------------------
+
+def pin(root: Path, number: int, *, pinned: bool, wait: bool = False) -> None:
+    s = store(root)
+    with locked(s, wait):
+        s.require(number)
+        s.update(number, {PINNED_KEY: "yes" if pinned else None})
+    log.info(f"snapshot {number} {'pinned' if pinned else 'unpinned'}")
+
+
+def _refuse_delete(s: Store, number: int, booted: int | None, default: int | None) -> None:
+    if number == booted:
+        die(f"snapshot {number} is the booted system and cannot be deleted",
+            hint="boot another snapshot first", code=ExitCode.REFUSED)
+    if number == default:
+        die(f"snapshot {number} is the default for the next boot and cannot be deleted",
+            hint="make another snapshot the default with 'amber rollback N' first",
+            code=ExitCode.REFUSED)
+
+
+def delete(root: Path, numbers: list[int], *, wait: bool = False) -> None:
+    s = store(root)
+    with locked(s, wait):
+        booted, default = s.booted(), s.default()
+        for n in numbers:
+            s.require(n)
+            _refuse_delete(s, n, booted, default)
+        for n in numbers:
+            s.delete(n)
+            log.info(f"deleted snapshot {n}")
+
+
+def cleanup_candidates(snapshots: list[Snapshot], keep: int, protected: set[int]) -> list[int]:
+    """Unfinished transactions, then everything beyond the newest `keep` that is not pinned
+    or protected (booted, default)."""
+    doomed = [s.number for s in snapshots if s.in_progress and s.number not in protected]
+    finished = [s for s in snapshots if not s.in_progress]
+    newest = {s.number for s in sorted(finished, key=lambda s: s.number)[-keep:]}
+    doomed += [s.number for s in finished
+               if s.number not in newest and s.number not in protected and not s.pinned]
+    return sorted(doomed)
+
+
+def cleanup(root: Path, *, keep: int | None = None, wait: bool = False) -> list[int]:
+    from amber import config
+
+    s = store(root)
+    if keep is None:
+        keep = config.load(root).snapshots.keep
+    if keep < 1:
+        die("--keep must be at least 1", code=ExitCode.USAGE)
+    with locked(s, wait):
+        protected = {n for n in (s.booted(), s.default()) if n is not None}
+        doomed = cleanup_candidates(s.list(), keep, protected)
+        for n in doomed:
+            s.delete(n)
+        # Directories without a snapshot are leftovers of a crash before the snapshot existed.
+        for n in s.numbers():
+            if not s.exists(n) and n not in protected:
+                s.delete(n)
+    log.info(f"removed {len(doomed)} snapshot(s)" + (f": {', '.join(map(str, doomed))}"
+                                                     if doomed else ""))
+    return doomed
