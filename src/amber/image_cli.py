@@ -1,12 +1,42 @@
-"""`amber image ...` verbs (placeholder until the image builder lands)."""
+"""`amber image ...` verbs: build a bootable immutable Debian image to try amber in."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from amber import image
+    from amber.cli import print_json
+
+    spec = image.ImageSpec(size=image.parse_size(args.size),
+                           include=image.parse_packages(args.include),
+                           kernel_cmdline=args.kernel_cmdline)
+    built = image.build(args.image, spec, cache_dir=args.cache_dir)
+    if args.json:
+        print_json(built.as_json())
+    return 0
 
 
 def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser("image", help="build a bootable immutable Debian image")
-    common(p)
+    image_sub = p.add_subparsers(dest="image_verb", metavar="VERB", required=True)
+    b = image_sub.add_parser(
+        "build", help="build a bootable immutable Debian 12 system on a btrfs image file",
+        description="Build IMAGE: a btrfs filesystem with Debian 12 in snapshot 1 (the default "
+                    "subvolume, read-only), shared writable subvolumes and amber installed. "
+                    "The Debian root filesystem is cached by its inputs.")
+    common(b)
+    b.add_argument("image", type=Path, metavar="IMAGE", help="the image file to create")
+    b.add_argument("--size", default="4G", help="size of the image file (default: 4G)")
+    b.add_argument("--include", action="append", default=[], metavar="PKG,...",
+                   help="extra Debian packages to install (repeatable)")
+    b.add_argument("--kernel-cmdline", default="", metavar="ARGS",
+                   help="extra kernel command-line arguments recorded with the image")
+    b.add_argument("--cache-dir", type=Path, default=Path("/var/cache/amber/image"),
+                   help="where the Debian root filesystem tarball is cached "
+                        "(default: /var/cache/amber/image)")
+    b.set_defaults(handler=cmd_image_build)

@@ -1,0 +1,415 @@
+"""`amber image build`: a bootable immutable Debian 12 system on a btrfs image file.
+
+The slow part, the Debian root filesystem made by mmdebstrap, is cached as a tarball keyed by its
+inputs (suite, packages, dracut settings, the host's apt sources). Assembling an image from it
+(mkfs, extract, configure, copy amber in, layout.finish) takes seconds, so a change to amber's
+own code rebuilds only that part.
+"""
+
+from __future__ import annotations
+
+import compileall
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import amber
+from amber import layout, log
+from amber.log import ExitCode, die
+from amber.run import run
+
+SUITE = "bookworm"
+BASE_PACKAGES = (
+    "linux-image-amd64", "dracut", "systemd", "systemd-sysv", "udev", "python3",
+    "python3-btrfsutil", "btrfs-progs", "rpm", "kmod", "openssl", "zstd",
+)
+# dracut's configuration is in place before the kernel's postinst builds the first initrd.
+# A generic (not host-only) initrd: it is built in a chroot that knows nothing of the target.
+DRACUT_CONF = """\
+# Written by amber image build.
+hostonly="no"
+filesystems+=" btrfs "
+add_drivers+=" virtio_blk virtio_pci virtio_scsi "
+compress="zstd"
+"""
+DRACUT_CONF_PATH = "etc/dracut.conf.d/10-amber.conf"
+DPKG_OPTIONS = (
+    "path-exclude=/usr/share/doc/*",
+    "path-include=/usr/share/doc/*/copyright",
+    "path-exclude=/usr/share/man/*",
+    "path-exclude=/usr/share/locale/*",
+    "path-include=/usr/share/locale/locale.alias",
+)
+DEFAULT_SIZE = 4 << 30
+# Room for btrfs metadata, a few transactions and the shared subvolumes, beyond the root itself.
+HEADROOM = 768 << 20
+IMAGE_INFO_PATH = "usr/share/amber/image.json"
+DEFAULT_CACHE_DIR = Path("/var/cache/amber/image")
+TOOLS = {
+    "mmdebstrap": "mmdebstrap",
+    "mkfs.btrfs": "btrfs-progs",
+    "losetup": "mount",
+    "mount": "mount",
+    "tar": "tar",
+}
+
+
+@dataclass(frozen=True)
+class ExtraFile:
+    """A file added to the image after the packages: content, or a symbolic link target."""
+
+    path: str  # absolute, inside the root filesystem
+    content: str = ""
+    mode: int = 0o644
+    link_to: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    size: int = DEFAULT_SIZE
+    include: tuple[str, ...] = ()
+    kernel_cmdline: str = ""
+    hostname: str = "amber"
+    extra_files: tuple[ExtraFile, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    path: Path
+    kernel_release: str
+    cmdline: str
+    uuid: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"image": str(self.path), "kernel_release": self.kernel_release,
+                "cmdline": self.cmdline, "uuid": self.uuid}
+
+
+# ---- pure logic ----------------------------------------------------------------------------
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """'4G', '4096M', '2GiB', '1073741824' → bytes (binary units)."""
+    match = _SIZE.match(text)
+    if not match:
+        die(f"invalid size: {text!r}", hint="give a size like 4G, 4096M or 2GiB",
+            code=ExitCode.USAGE)
+    number, unit = match.groups()
+    shift = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[unit.upper()]
+    return int(float(number) * (1 << shift))
+
+
+def format_size(size: int) -> str:
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if size >= 1 << shift:
+            return f"{size / (1 << shift):.1f}{unit}"
+    return f"{size}B"
+
+
+def parse_packages(values: Sequence[str]) -> tuple[str, ...]:
+    """--include a,b --include c → ('a', 'b', 'c'), checked to be Debian package names."""
+    names: list[str] = []
+    for value in values:
+        for name in value.split(","):
+            name = name.strip()
+            if not name:
+                continue
+            if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]+", name):
+                die(f"not a Debian package name: {name!r}",
+                    hint="--include takes names like 'vim,less'", code=ExitCode.USAGE)
+            names.append(name)
+    return tuple(names)
+
+
+def packages(spec: ImageSpec) -> tuple[str, ...]:
+    return tuple(sorted(set(BASE_PACKAGES) | set(spec.include)))
+
+
+def kernel_cmdline(fs_uuid: str, extra: str = "") -> str:
+    # No subvol=: the kernel mounts the default subvolume, the snapshot that is to boot.
+    base = f"root=UUID={fs_uuid} rootfstype=btrfs ro console=ttyS0"
+    return f"{base} {extra}".strip()
+
+
+def render_fstab(fs_uuid: str) -> str:
+    source = f"UUID={fs_uuid}"
+    lines = ["# Written by amber image build. / is the default subvolume, mounted read-only.",
+             f"{source} / btrfs ro 0 0",
+             f"{source} /.snapshots btrfs subvol={layout.CONTAINER}/.snapshots 0 0"]
+    for name in layout.SHARED_SUBVOLUMES:
+        lines.append(f"{source} /{name} btrfs subvol={layout.CONTAINER}/{name} 0 0")
+    lines.append("tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0")
+    return "\n".join(lines) + "\n"
+
+
+def apt_sources_text(root: Path = Path("/")) -> str:
+    """The host's apt sources: mmdebstrap uses them, so they are an input of the cache."""
+    texts = []
+    for path in [root / "etc/apt/sources.list",
+                 *sorted((root / "etc/apt/sources.list.d").glob("*"))]:
+        if path.is_file():
+            texts.append(f"{path.name}\n{path.read_text(errors='replace')}")
+    return "\n".join(texts)
+
+
+def rootfs_key(spec: ImageSpec, sources: str) -> str:
+    """The cache key of the mmdebstrap tarball: everything that changes its content."""
+    inputs = {"suite": SUITE, "packages": packages(spec), "dracut": DRACUT_CONF,
+              "dpkg": DPKG_OPTIONS, "sources": sources, "format": 1}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tree_hash(directory: Path) -> str:
+    """A hash of the Python sources under directory (amber's own code, for cache keys)."""
+    digest = hashlib.sha256()
+    for path in sorted(directory.rglob("*.py")):
+        digest.update(str(path.relative_to(directory)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def image_key(spec: ImageSpec, sources: str, amber_source: Path) -> str:
+    """The cache key of a whole image: its root filesystem, amber's code and the rest of spec."""
+    extras = [(f.path, f.content, f.mode, f.link_to) for f in spec.extra_files]
+    inputs = {"rootfs": rootfs_key(spec, sources), "amber": tree_hash(amber_source),
+              "size": spec.size, "cmdline": spec.kernel_cmdline, "hostname": spec.hostname,
+              "extras": extras}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def find_kernel_release(rootfs: Path) -> str:
+    releases = sorted((p.name.removeprefix("vmlinuz-") for p in (rootfs / "boot").glob(
+        "vmlinuz-*")), key=_version_key)
+    if not releases:
+        die(f"no kernel in {rootfs}/boot", hint="the image must include linux-image-amd64")
+    return releases[-1]
+
+
+def _version_key(release: str) -> list[tuple[int, str]]:
+    return [(int(part), "") if part.isdigit() else (-1, part)
+            for part in re.split(r"[.-]", release)]
+
+
+# ---- checks --------------------------------------------------------------------------------
+
+def check_host() -> None:
+    if os.geteuid() != 0:
+        die("amber image build must run as root",
+            hint="it creates a filesystem and mounts it: run it with sudo",
+            code=ExitCode.ENVIRONMENT)
+    for tool, package in TOOLS.items():
+        if shutil.which(tool) is None:
+            die(f"{tool} is not installed", hint=f"install the package {package}",
+                code=ExitCode.ENVIRONMENT)
+    if not btrfs_supported():
+        die("this kernel does not support btrfs (not in /proc/filesystems)",
+            hint="load it with 'modprobe btrfs', or build on a kernel with btrfs",
+            code=ExitCode.ENVIRONMENT)
+    if not Path("/dev/loop-control").exists():
+        die("no loop devices: /dev/loop-control is missing",
+            hint="load the loop module ('modprobe loop'); in a container, pass loop devices in",
+            code=ExitCode.ENVIRONMENT)
+
+
+def btrfs_supported(filesystems: Path = Path("/proc/filesystems")) -> bool:
+    try:
+        text = filesystems.read_text()
+    except OSError:
+        return False
+    return any(line.split()[-1:] == ["btrfs"] for line in text.splitlines())
+
+
+def check_size(spec: ImageSpec, rootfs_bytes: int) -> None:
+    needed = rootfs_bytes + HEADROOM
+    if spec.size < needed:
+        die(f"an image of {format_size(spec.size)} is too small for this system: "
+            f"it needs at least {format_size(needed)}",
+            hint=f"pass --size {(needed >> 30) + 1}G or more", code=ExitCode.NO_SPACE)
+
+
+def check_free_space(directory: Path, needed: int) -> None:
+    stat = os.statvfs(directory)
+    free = stat.f_bavail * stat.f_frsize
+    if free < needed:
+        die(f"not enough free space in {directory}: {format_size(free)} free, "
+            f"{format_size(needed)} needed", hint="free some space or build the image elsewhere",
+            code=ExitCode.NO_SPACE)
+
+
+# ---- the root filesystem (cached) ----------------------------------------------------------
+
+def rootfs_tarball(spec: ImageSpec, cache_dir: Path) -> Path:
+    """The mmdebstrap tarball for spec, from the cache or built now."""
+    key = rootfs_key(spec, apt_sources_text())
+    tarball = cache_dir / f"rootfs-{key}.tar"
+    if tarball.exists():
+        log.step(f"Using the cached Debian root filesystem {tarball}")
+        return tarball
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    check_free_space(cache_dir, 2 << 30)
+    log.step(f"Building the Debian {SUITE} root filesystem with mmdebstrap (takes minutes; "
+             "cached afterwards)")
+    partial = cache_dir / f".rootfs-{key}.{os.getpid()}.tar"
+    with tempfile.TemporaryDirectory(prefix="amber-image-") as tmp:
+        conf = Path(tmp) / "dracut.conf"
+        conf.write_text(DRACUT_CONF)
+        target = f'"$1/{DRACUT_CONF_PATH}"'
+        hook = (f'mkdir -p "$1/{os.path.dirname(DRACUT_CONF_PATH)}" && '
+                f"cp {shlex.quote(str(conf))} {target}")
+        argv = ["mmdebstrap", "--mode=root", "--variant=minbase",
+                f"--include={','.join(packages(spec))}",
+                *[f"--dpkgopt={option}" for option in DPKG_OPTIONS],
+                f"--essential-hook={hook}", SUITE, str(partial)]
+        try:
+            run(argv, where="while building the root filesystem")
+            os.rename(partial, tarball)
+        finally:
+            partial.unlink(missing_ok=True)
+    return tarball
+
+
+# ---- assembly ------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def attached(image: Path, read_only: bool = False) -> Iterator[Path]:
+    """The image file on a loop device, detached again on every path."""
+    options = ["--read-only"] if read_only else []
+    device = run(["losetup", "--find", "--show", *options, str(image)],
+                 capture=True).stdout.strip()
+    try:
+        yield Path(device)
+    finally:
+        run(["losetup", "--detach", device], check=False)
+
+
+@contextlib.contextmanager
+def mounted(device: Path, options: str = "") -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="amber-mnt-") as tmp:
+        where = Path(tmp)
+        run(["mount", "-t", "btrfs", *(["-o", options] if options else []), str(device),
+             str(where)])
+        try:
+            yield where
+        finally:
+            run(["umount", str(where)], check=False)
+
+
+def install_amber(rootfs: Path, source: Path) -> None:
+    """amber itself, as Debian would install a Python package, with bytecode: / is read-only."""
+    dest = rootfs / "usr/lib/python3/dist-packages/amber"
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    compileall.compile_dir(dest, quiet=1)
+    script = rootfs / "usr/bin/amber"
+    script.write_text("#!/usr/bin/python3\nimport sys\n\nfrom amber.cli import main\n\n"
+                      "sys.exit(main())\n")
+    script.chmod(0o755)
+
+
+def write_extra_file(rootfs: Path, extra: ExtraFile) -> None:
+    target = rootfs / extra.path.lstrip("/")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if extra.link_to is not None:
+        target.unlink(missing_ok=True)
+        target.symlink_to(extra.link_to)
+        return
+    target.write_text(extra.content)
+    target.chmod(extra.mode)
+
+
+def configure(rootfs: Path, spec: ImageSpec, fs_uuid: str, info: dict[str, str]) -> None:
+    (rootfs / "etc/fstab").write_text(render_fstab(fs_uuid))
+    (rootfs / "etc/hostname").write_text(f"{spec.hostname}\n")
+    (rootfs / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {spec.hostname}\n")
+    # A fixed machine id: with an empty one, systemd's first-boot logic wants a writable /etc.
+    (rootfs / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+    (rootfs / "etc/kernel").mkdir(exist_ok=True)
+    (rootfs / "etc/kernel/cmdline").write_text(info["cmdline"] + "\n")
+    shadow = rootfs / "etc/shadow"
+    # An image to try amber in: root logs in on the console without a password.
+    shadow.write_text(re.sub(r"^root:[^:]*:", "root::", shadow.read_text(), flags=re.M))
+    info_file = rootfs / IMAGE_INFO_PATH
+    info_file.parent.mkdir(parents=True, exist_ok=True)
+    info_file.write_text(json.dumps(info, indent=2) + "\n")
+
+
+def assemble(image: Path, spec: ImageSpec, tarball: Path, amber_source: Path) -> BuiltImage:
+    fs_uuid = str(uuid.uuid4())
+    with open(image, "wb") as f:
+        f.truncate(spec.size)
+    run(["mkfs.btrfs", "--quiet", "--force", "--label", "amber", "--uuid", fs_uuid, str(image)],
+        capture=True)
+    with attached(image) as device, mounted(device, "compress=zstd:1") as top:
+        rootfs = layout.create_skeleton(top)
+        log.step("Extracting the root filesystem into snapshot 1")
+        result = run(["tar", "--extract", "--file", str(tarball), "--directory", str(rootfs),
+                      "--numeric-owner", "--preserve-permissions", "--xattrs",
+                      "--xattrs-include=*"], check=False, capture=True)
+        if result.returncode != 0:
+            if "No space left" in result.stderr:
+                die(f"{image} is too small: the root filesystem does not fit",
+                    hint="pass a larger --size", code=ExitCode.NO_SPACE)
+            die(f"extracting {tarball} failed: {result.stderr.strip()[-300:]}",
+                hint="delete the cached tarball and build again")
+        release = find_kernel_release(rootfs)
+        cmdline = kernel_cmdline(fs_uuid, spec.kernel_cmdline)
+        info = {"kernel_release": release, "cmdline": cmdline, "uuid": fs_uuid,
+                "suite": SUITE, "amber_version": amber.__version__,
+                "built": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+        log.step(f"Configuring the system (kernel {release}) and installing amber")
+        configure(rootfs, spec, fs_uuid, info)
+        install_amber(rootfs, amber_source)
+        for extra in spec.extra_files:
+            write_extra_file(rootfs, extra)
+        log.step("Splitting off the shared subvolumes and closing snapshot 1")
+        layout.finish(top)
+    return BuiltImage(image, release, cmdline, fs_uuid)
+
+
+def info_path(image: Path) -> Path:
+    return image.with_name(image.name + ".json")
+
+
+def build(image: Path, spec: ImageSpec, cache_dir: Path = DEFAULT_CACHE_DIR,
+          amber_source: Path | None = None) -> BuiltImage:
+    """Build image; on failure nothing is left behind but the cache."""
+    check_host()
+    image = image.absolute()
+    if not image.parent.is_dir():
+        die(f"cannot create {image}: {image.parent} is not a directory",
+            hint="create the directory first", code=ExitCode.NOT_FOUND)
+    source = amber_source or Path(amber.__file__).parent
+    tarball = rootfs_tarball(spec, cache_dir)
+    check_size(spec, tarball.stat().st_size)
+    check_free_space(image.parent, tarball.stat().st_size + HEADROOM)
+    partial = image.with_name(f".{image.name}.{os.getpid()}.partial")
+    try:
+        built = assemble(partial, spec, tarball, source)
+        os.rename(partial, image)
+    finally:
+        partial.unlink(missing_ok=True)
+    built = BuiltImage(image, built.kernel_release, built.cmdline, built.uuid)
+    info_path(image).write_text(json.dumps(built.as_json(), indent=2) + "\n")
+    log.step(f"Built {image} ({format_size(spec.size)}, kernel {built.kernel_release})")
+    return built
+
+
+def read_info(image: Path) -> BuiltImage:
+    path = info_path(image)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        die(f"cannot read {path}: {e}", hint="build the image with 'amber image build'",
+            code=ExitCode.NOT_FOUND)
+    return BuiltImage(image, data["kernel_release"], data["cmdline"], data["uuid"])
