@@ -1,0 +1,231 @@
+"""Parsing real module files: amber's own test modules, their signed, broken and compressed
+copies, and modules from Debian's kernel package that amber's tests did not make."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from amber.livepatch import module, signature
+from amber.log import AmberError, ExitCode
+from tests.modules import build
+from tests.unit.conftest import Modules, SigningKey
+
+
+def modinfo(path: Path, field: str) -> list[str]:
+    """What kmod's modinfo says, as the independent reference."""
+    result = subprocess.run(["modinfo", "-F", field, str(path)], capture_output=True, text=True,
+                            check=True)
+    return [line.strip() for line in result.stdout.splitlines()]
+
+
+def cert_serial(cert: Path) -> str:
+    out = subprocess.run(["openssl", "x509", "-noout", "-serial", "-in", str(cert)],
+                         capture_output=True, text=True, check=True).stdout
+    return out.strip().split("=", 1)[1]
+
+
+def expect_bad(path: Path, words: str) -> AmberError:
+    with pytest.raises(AmberError) as caught:
+        module.read(path)
+    assert caught.value.code == ExitCode.BAD_MODULE
+    assert str(path) in caught.value.message
+    assert words in caught.value.message
+    return caught.value
+
+
+def test_livepatch_modules(modules: Modules) -> None:
+    for path, name in ((modules.v1, "amber_lp_v1"), (modules.v2, "amber_lp_v2")):
+        info = module.read(path)
+        assert info.name == name
+        assert info.livepatch
+        assert info.kernel_release == modules.release
+        assert info.vermagic == modinfo(path, "vermagic")[0] + " "
+        assert info.srcversion == modinfo(path, "srcversion")[0]
+        assert info.license == "GPL"
+        assert info.signature is None
+        assert module.incompatibility(info, modules.release) is None
+    assert module.read(modules.v1).srcversion != module.read(modules.v2).srcversion
+
+
+def test_plain_module_and_repeated_keys(modules: Modules) -> None:
+    info = module.read(modules.plain)
+    assert info.name == "amber_plain"
+    assert not info.livepatch
+    assert info.depends == ()
+    assert sorted(info.values("amber_extra")) == sorted(modinfo(modules.plain, "amber_extra"))
+    assert sorted(info.extra()["amber_extra"]) == ["first", "second"]
+    assert "name" not in info.extra()
+
+
+def test_name_from_file_name_when_modinfo_has_none() -> None:
+    assert module.module_name_from_path(Path("/x/livepatch-2-2_1.ko.zst")) == "livepatch_2_2_1"
+
+
+def test_compressed_copies_parse_the_same(modules: Modules, tmp_path: Path) -> None:
+    plain = module.read(modules.v1)
+    xz = module.read(build.compress_xz(modules.v1, tmp_path / "v1.ko.xz"))
+    zst = module.read(build.compress_zst(modules.v1, tmp_path / "v1.ko.zst"))
+    assert (xz.compression, zst.compression) == ("xz", "zst")
+    for info in (xz, zst):
+        assert (info.name, info.vermagic, info.srcversion) == (
+            plain.name, plain.vermagic, plain.srcversion)
+
+
+@pytest.mark.parametrize("hash_algorithm", ["sha256", "sha512"])
+def test_signature_fields(modules: Modules, signing_key: SigningKey, tmp_path: Path,
+                          hash_algorithm: str) -> None:
+    signed = build.sign(modules.v1, signing_key.key, signing_key.cert, tmp_path / "v1.ko",
+                        hash_algorithm)
+    info = module.read(signed)
+    assert info.signature is not None
+    assert info.signature.signer == "amber test signing key" == modinfo(signed, "signer")[0]
+    assert info.signature.hash == hash_algorithm == modinfo(signed, "sig_hashalgo")[0]
+    assert info.signature.key_id.replace(":", "").lstrip("0") == cert_serial(
+        signing_key.cert).lstrip("0")
+    assert info.signature.key_id == modinfo(signed, "sig_key")[0]
+    assert info.signed_length == modules.v1.stat().st_size
+
+
+def test_verdicts(modules: Modules, signing_key: SigningKey, other_key: SigningKey,
+                  tmp_path: Path) -> None:
+    trusted = signature.load_trusted(signing_key.trusted)
+    strangers = signature.load_trusted(other_key.trusted)
+    signed = build.sign(modules.v1, signing_key.key, signing_key.cert, tmp_path / "s.ko")
+    corrupted = build.corrupted_signature(signed, tmp_path / "corrupted.ko")
+    tampered = build.tampered_content(signed, tmp_path / "tampered.ko")
+    xz = build.compress_xz(signed, tmp_path / "s.ko.xz")
+    zst = build.compress_zst(signed, tmp_path / "s.ko.zst")
+
+    def verdict(path: Path, certs: list[signature.Certificate]) -> str:
+        return str(signature.verdict(module.read(path), certs))
+
+    assert verdict(modules.v1, trusted) == "unsigned"
+    assert verdict(signed, trusted) == "trusted"
+    assert verdict(xz, trusted) == "trusted"
+    assert verdict(zst, trusted) == "trusted"
+    assert verdict(signed, strangers) == "untrusted"
+    assert verdict(signed, []) == "untrusted"
+    assert verdict(corrupted, trusted) == "invalid"
+    assert verdict(tampered, trusted) == "invalid"
+
+
+def test_der_certificates_are_trusted_too(modules: Modules, signing_key: SigningKey,
+                                          tmp_path: Path) -> None:
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    subprocess.run(["openssl", "x509", "-in", str(signing_key.cert), "-outform", "DER",
+                    "-out", str(folder / "key.der")], check=True)
+    signed = build.sign(modules.v2, signing_key.key, signing_key.cert, tmp_path / "s.ko")
+    assert signature.verdict(module.read(signed), signature.load_trusted(folder)) == "trusted"
+
+
+def test_private_key_in_trusted_folder_is_an_error(signing_key: SigningKey,
+                                                   tmp_path: Path) -> None:
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    (folder / "key.pem").write_bytes(signing_key.key.read_bytes())
+    with pytest.raises(AmberError) as caught:
+        signature.load_trusted(folder)
+    assert caught.value.code == ExitCode.CONFIG
+    assert "key.pem" in caught.value.message
+
+
+def test_other_release(modules: Modules, tmp_path: Path) -> None:
+    other = build.other_release(modules.release)
+    copy = build.with_vermagic_release(modules.v1, tmp_path / "v1.ko", modules.release, other)
+    info = module.read(copy)
+    assert info.kernel_release == other
+    reason = module.incompatibility(info, modules.release)
+    assert reason is not None and other in reason and modules.release in reason
+
+
+def test_broken_files(modules: Modules, signing_key: SigningKey, tmp_path: Path) -> None:
+    size = modules.v1.stat().st_size
+    expect_bad(build.truncated(modules.v1, tmp_path / "t10.ko", 10), "truncated ELF header")
+    expect_bad(build.truncated(modules.v1, tmp_path / "t.ko", size // 2), "truncated")
+    expect_bad(build.garbage_trailer(modules.v1, tmp_path / "g.ko"), "signature length")
+    not_elf = tmp_path / "text.ko"
+    not_elf.write_text("hello\n" * 20)
+    expect_bad(not_elf, "not an ELF file")
+    wrong_name = tmp_path / "plain.ko.xz"
+    wrong_name.write_bytes(modules.v1.read_bytes())
+    expect_bad(wrong_name, "not xz-compressed")
+    cut = tmp_path / "cut.ko.xz"
+    cut.write_bytes(build.compress_xz(modules.v1, tmp_path / "full.ko.xz").read_bytes()[:500])
+    expect_bad(cut, "xz")
+    zst = build.compress_zst(modules.v1, tmp_path / "full.ko.zst").read_bytes()
+    (tmp_path / "cut.ko.zst").write_bytes(zst[:200])
+    expect_bad(tmp_path / "cut.ko.zst", "zstd")
+    signed = build.sign(modules.v1, signing_key.key, signing_key.cert, tmp_path / "s.ko")
+    data = bytearray(signed.read_bytes())
+    data[size] = 0x05  # the PKCS#7 blob no longer starts with a SEQUENCE
+    (tmp_path / "badsig.ko").write_bytes(bytes(data))
+    expect_bad(tmp_path / "badsig.ko", "PKCS#7")
+
+
+def test_elf_without_modinfo(tmp_path: Path) -> None:
+    source = tmp_path / "x.c"
+    source.write_text("int amber_answer(void) { return 42; }\n")
+    subprocess.run(["gcc", "-c", "-o", str(tmp_path / "x.ko"), str(source)], check=True)
+    expect_bad(tmp_path / "x.ko", "no .modinfo")
+
+
+def test_missing_file_is_not_found(tmp_path: Path) -> None:
+    with pytest.raises(AmberError) as caught:
+        module.read(tmp_path / "nope.ko")
+    assert caught.value.code == ExitCode.NOT_FOUND
+
+
+def test_debian_modules_match_modinfo_and_are_untrusted(debian_modules: Path,
+                                                        signing_key: SigningKey) -> None:
+    files = sorted(debian_modules.rglob("*.ko*"))
+    assert len(files) > 100
+    trusted = signature.load_trusted(signing_key.trusted)
+    for path in random.Random(4).sample(files, 12):
+        info = module.read(path)
+        assert info.name == modinfo(path, "name")[0]
+        assert info.vermagic.strip() == modinfo(path, "vermagic")[0]
+        assert info.depends == tuple(d for d in modinfo(path, "depends")[0].split(",") if d)
+        assert info.signature is not None
+        assert info.signature.signer == modinfo(path, "signer")[0]
+        assert info.signature.key_id == modinfo(path, "sig_key")[0]
+        assert signature.verdict(info, trusted) == "untrusted"
+
+
+# ---- property tests: nothing but amber's own error leaves the parser -----------------------
+
+def _only_bad_module(data: bytes, name: str) -> None:
+    try:
+        module.parse(data, Path(name))
+    except AmberError as e:
+        assert e.code == ExitCode.BAD_MODULE, e.message
+        assert name in e.message
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=4096), st.sampled_from(["a.ko", "a.ko.xz", "a.ko.gz"]))
+def test_random_bytes(data: bytes, name: str) -> None:
+    _only_bad_module(data, name)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_mutated_real_modules(modules: Modules, signing_key: SigningKey, tmp_path_factory:
+                              pytest.TempPathFactory, data: st.DataObject) -> None:
+    signed_path = tmp_path_factory.getbasetemp() / "mutation-base.ko"
+    if not signed_path.exists():
+        build.sign(modules.v1, signing_key.key, signing_key.cert, signed_path)
+    original = signed_path.read_bytes()
+    blob = bytearray(original)
+    for _ in range(data.draw(st.integers(1, 8))):
+        position = data.draw(st.integers(0, len(blob) - 1))
+        blob[position] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(blob)))
+    mutated = bytes(blob[:cut]) if data.draw(st.booleans()) else bytes(blob)
+    _only_bad_module(mutated, "mutated.ko")
