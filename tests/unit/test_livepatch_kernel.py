@@ -1,0 +1,397 @@
+"""The kernel side against fake sysfs and procfs trees. The host kernel cannot load modules and
+has no /sys/kernel/livepatch, so a small fake kernel (a thread that acts on the files as the
+kernel would) stands in here; tests/vm/test_livepatch_engine.py proves the real path."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from amber.config import LivepatchConfig
+from amber.livepatch import kernel, module
+from amber.log import AmberError, ExitCode
+from tests.modules import build
+from tests.unit.conftest import Modules, SigningKey
+
+
+class FakeKernel:
+    """Files laid out as the kernel does, a thread that finishes transitions, and the two
+    system calls. With stall set, transitions towards a patch never finish by themselves."""
+
+    def __init__(self, root: Path):
+        self.paths = kernel.KernelPaths(sys=root / "sys", proc=root / "proc")
+        self.paths.livepatch.mkdir(parents=True)
+        (self.paths.module("module") / "parameters").mkdir(parents=True)
+        (self.paths.module("module") / "parameters/sig_enforce").write_text("N\n")
+        (self.paths.proc / "sys/kernel").mkdir(parents=True)
+        (self.paths.proc / "sys/kernel/tainted").write_text("0\n")
+        (self.paths.proc / "modules").write_text("")
+        self.stall = False
+        self.loaded: list[str] = []
+        self.targets: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    # -- the tree --
+    def add_task(self, pid: int, tid: int, comm: str, state: str) -> None:
+        task = self.paths.proc / str(pid) / "task" / str(tid)
+        task.mkdir(parents=True, exist_ok=True)
+        (task / "patch_state").write_text(state + "\n")
+        (task / "comm").write_text(comm + "\n")
+
+    def add_module(self, name: str, livepatch: bool, refcnt: int = 0) -> None:
+        directory = self.paths.module(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "srcversion").write_text(f"SRC{name.upper()}\n")
+        (directory / "refcnt").write_text(f"{refcnt}\n")
+        taint = "OEK" if livepatch else "OE"
+        (directory / "taint").write_text(taint + "\n")
+        self.loaded.append(name)
+        self._write_proc_modules()
+
+    def add_patch(self, name: str, enabled: bool = True, transition: bool = False) -> None:
+        directory = self.paths.patch(name)
+        directory.mkdir(parents=True)
+        (directory / "enabled").write_text("1\n" if enabled else "0\n")
+        (directory / "transition").write_text("1\n" if transition else "0\n")
+        self.targets[name] = "1" if enabled else "0"
+
+    def _write_proc_modules(self) -> None:
+        lines = []
+        for name in self.loaded:
+            taint = (self.paths.module(name) / "taint").read_text().strip()
+            refcnt = (self.paths.module(name) / "refcnt").read_text().strip()
+            lines.append(f"{name} 16384 {refcnt} - Live 0x0000000000000000 ({taint})")
+        (self.paths.proc / "modules").write_text("".join(line + "\n" for line in lines))
+
+    def _set_refcnt(self, name: str, value: int) -> None:
+        (self.paths.module(name) / "refcnt").write_text(f"{value}\n")
+        self._write_proc_modules()
+
+    # -- the kernel at work --
+    def __enter__(self) -> FakeKernel:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            with self._lock:
+                for name in list(self.targets):
+                    self._step(name)
+
+    def _step(self, name: str) -> None:
+        directory = self.paths.patch(name)
+        enabled = (directory / "enabled").read_text().strip()
+        if (directory / "transition").read_text().strip() != "1":
+            return
+        reversed_ = enabled != self.targets[name]
+        if self.stall and not reversed_ and enabled == "1":
+            return
+        (directory / "transition").write_text("0\n")
+        if enabled == "0":
+            for child in directory.iterdir():
+                child.unlink()
+            directory.rmdir()
+            del self.targets[name]
+            self._set_refcnt(name, 0)
+            return
+        for other in list(self.targets):  # atomic replace
+            if other != name:
+                for child in self.paths.patch(other).iterdir():
+                    child.unlink()
+                self.paths.patch(other).rmdir()
+                del self.targets[other]
+                self._set_refcnt(other, 0)
+
+    # -- the system calls --
+    def finit_module(self, fd: int) -> None:
+        data = b""
+        while chunk := os.read(fd, 1 << 20):
+            data += chunk
+        name = module.parse(data, Path("fd.ko")).name
+        with self._lock:
+            if name in self.loaded:
+                raise OSError(errno.EEXIST, os.strerror(errno.EEXIST))
+            self.add_module(name, livepatch=True, refcnt=1)
+            self.add_patch(name, enabled=True, transition=True)
+
+    def delete_module(self, name: str) -> None:
+        with self._lock:
+            if name not in self.loaded:
+                raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+            if int((self.paths.module(name) / "refcnt").read_text()) > 0:
+                raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+            for child in self.paths.module(name).iterdir():
+                child.unlink()
+            self.paths.module(name).rmdir()
+            self.loaded.remove(name)
+            self._write_proc_modules()
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKernel]:
+    write_enabled = kernel.write_enabled
+
+    def kernel_starts_transition(paths: kernel.KernelPaths, name: str, value: bool) -> None:
+        # The kernel starts (or reverses) the transition within the write itself.
+        write_enabled(paths, name, value)
+        (paths.patch(name) / "transition").write_text("1\n")
+
+    monkeypatch.setattr(kernel, "write_enabled", kernel_starts_transition)
+    with FakeKernel(tmp_path / "kernel") as fake_kernel:
+        yield fake_kernel
+
+
+def waiting(timeout: float = 5.0, progress: list[int] | None = None) -> kernel.Waiting:
+    return kernel.Waiting(timeout=timeout, poll=0.02,
+                          progress=progress.append if progress is not None else None)
+
+
+# ---- facts --------------------------------------------------------------------------------
+
+def test_status_facts(fake: FakeKernel) -> None:
+    (fake.paths.proc / "sys/kernel/tainted").write_text(f"{(1 << 15) | (1 << 13) | (1 << 12)}\n")
+    security = fake.paths.sys / "kernel/security"
+    security.mkdir(parents=True)
+    (security / "lockdown").write_text("none [integrity] confidentiality\n")
+    (fake.paths.module("module") / "parameters/sig_enforce").write_text("Y\n")
+    fake.add_module("amber_lp_v1", livepatch=True)
+    fake.add_module("amber_lp_v2", livepatch=True, refcnt=1)
+    fake.add_module("ext4", livepatch=False)
+    fake.add_patch("amber_lp_v2")
+    facts = kernel.status(fake.paths)
+    assert facts.supported
+    assert facts.lockdown == "integrity"
+    assert facts.signatures_enforced
+    assert [letter for letter, _ in kernel.decode_taint(facts.taint)] == ["O", "E", "K"]
+    assert [p.name for p in facts.patches] == ["amber_lp_v2"]
+    assert facts.patches[0].srcversion == "SRCAMBER_LP_V2"
+    assert facts.patches[0].refcnt == 1
+    assert [m.name for m in facts.replaced] == ["amber_lp_v1"]
+    assert facts.state == "ready"
+    data = facts.as_json()
+    assert data["replaced"] == [{"name": "amber_lp_v1", "srcversion": "SRCAMBER_LP_V1",
+                                 "refcnt": 0}]
+
+
+def test_status_without_livepatch_support(tmp_path: Path) -> None:
+    paths = kernel.KernelPaths(sys=tmp_path / "sys", proc=tmp_path / "proc")
+    facts = kernel.status(paths)
+    assert not facts.supported
+    assert facts.state == "no patches"
+    assert facts.lockdown == "none"
+    assert not facts.signatures_enforced
+
+
+def test_blocking_tasks(fake: FakeKernel) -> None:
+    fake.add_task(1, 1, "systemd", "1")
+    fake.add_task(42, 42, "sleepy", "0")
+    fake.add_task(42, 43, "sleepy-thread", "0")
+    fake.add_task(7, 7, "idle", "-1")
+    blockers = kernel.blocking_tasks(fake.paths, target=True)
+    assert [(t.pid, t.tid, t.comm) for t in blockers] == [(42, 42, "sleepy"),
+                                                          (42, 43, "sleepy-thread")]
+    assert [t.comm for t in kernel.blocking_tasks(fake.paths, target=False)] == ["systemd"]
+    assert "sleepy (pid 42)" in kernel.describe_tasks(blockers)
+
+
+# ---- transitions --------------------------------------------------------------------------
+
+def test_transition_that_completes(fake: FakeKernel) -> None:
+    fake.add_task(42, 42, "sleepy", "0")
+    fake.stall = True
+    fake.add_module("amber_lp_v1", livepatch=True, refcnt=1)
+    fake.add_patch("amber_lp_v1", transition=True)
+    seen: list[int] = []
+
+    def finish_later() -> None:
+        time.sleep(0.3)
+        fake.add_task(42, 42, "sleepy", "1")
+        fake.stall = False
+
+    threading.Thread(target=finish_later).start()
+    kernel.wait_transition(fake.paths, "amber_lp_v1", True, waiting(progress=seen))
+    assert seen[0] == 1
+    assert (fake.paths.patch("amber_lp_v1") / "transition").read_text().strip() == "0"
+
+
+def test_stalled_load_is_reversed_and_unloaded(fake: FakeKernel, modules: Modules) -> None:
+    fake.stall = True
+    fake.add_task(42, 42, "sleepy", "0")
+    with pytest.raises(AmberError) as caught:
+        kernel.load(modules.v1, module.read(modules.v1), fake.paths, waiting(timeout=0.5), fake)
+    assert caught.value.code == ExitCode.TRANSITION_TIMEOUT
+    assert "sleepy (pid 42)" in caught.value.message
+    assert "reversed" in caught.value.message
+    assert not fake.paths.patch("amber_lp_v1").exists()
+    assert "amber_lp_v1" not in fake.loaded
+
+
+def test_forced_transition_only_when_asked(fake: FakeKernel,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    fake.stall = True
+    fake.add_module("amber_lp_v1", livepatch=True, refcnt=1)
+    fake.add_patch("amber_lp_v1", transition=True)
+
+    def kernel_obeys_force() -> None:
+        force = fake.paths.patch("amber_lp_v1") / "force"
+        while not force.exists():
+            time.sleep(0.02)
+        fake.stall = False
+
+    threading.Thread(target=kernel_obeys_force, daemon=True).start()
+    forced = kernel.Waiting(timeout=0.3, poll=0.02, force=True)
+    kernel.wait_transition(fake.paths, "amber_lp_v1", True, forced)
+    assert (fake.paths.patch("amber_lp_v1") / "force").read_text() == "1"
+    assert "never be unloaded" in capsys.readouterr().err
+
+
+# ---- load and unload ----------------------------------------------------------------------
+
+def test_load_v1_then_v2_replaces_and_cleans_up(fake: FakeKernel, modules: Modules) -> None:
+    removed = kernel.load(modules.v1, module.read(modules.v1), fake.paths, waiting(), fake)
+    assert removed == []
+    assert [p.name for p in kernel.patches(fake.paths)] == ["amber_lp_v1"]
+    xz = build.compress_xz(modules.v2, fake.paths.sys.parent / "v2.ko.xz")
+    removed = kernel.load(xz, module.read(xz), fake.paths, waiting(), fake)
+    assert removed == ["amber_lp_v1"]
+    assert [p.name for p in kernel.patches(fake.paths)] == ["amber_lp_v2"]
+    assert fake.loaded == ["amber_lp_v2"]
+    assert kernel.replaced_modules(fake.paths) == []
+
+
+def test_load_removes_a_replaced_module_of_the_same_name_first(fake: FakeKernel,
+                                                               modules: Modules) -> None:
+    fake.add_module("amber_lp_v1", livepatch=True)  # left behind by an earlier replace
+    kernel.load(modules.v1, module.read(modules.v1), fake.paths, waiting(), fake)
+    assert [p.name for p in kernel.patches(fake.paths)] == ["amber_lp_v1"]
+
+
+def test_unload(fake: FakeKernel, modules: Modules) -> None:
+    kernel.load(modules.v1, module.read(modules.v1), fake.paths, waiting(), fake)
+    kernel.unload(fake.paths, "amber_lp_v1", waiting(), fake)
+    assert not fake.paths.patch("amber_lp_v1").exists()
+    assert fake.loaded == []
+    with pytest.raises(AmberError) as caught:
+        kernel.unload(fake.paths, "amber_lp_v1", waiting(), fake)
+    assert caught.value.code == ExitCode.NOT_FOUND
+
+
+def test_stalled_unload_is_reversed(fake: FakeKernel) -> None:
+    fake.add_module("amber_lp_v1", livepatch=True, refcnt=1)
+    fake.add_patch("amber_lp_v1")
+    fake.add_task(42, 42, "busy", "1")
+
+    # Unpatching stalls: the fake kernel finishes only reversals of a disable.
+    original = fake._step
+
+    def stalled_step(name: str) -> None:
+        directory = fake.paths.patch(name)
+        if (directory / "enabled").read_text().strip() == "0":
+            (directory / "transition").write_text("1\n")
+            return
+        original(name)
+
+    fake._step = stalled_step  # type: ignore[method-assign]
+    with pytest.raises(AmberError) as caught:
+        kernel.unload(fake.paths, "amber_lp_v1", waiting(timeout=0.4), fake)
+    assert caught.value.code == ExitCode.TRANSITION_TIMEOUT
+    assert "busy (pid 42)" in caught.value.message
+    assert (fake.paths.patch("amber_lp_v1") / "enabled").read_text().strip() == "1"
+    assert "amber_lp_v1" in fake.loaded
+
+
+def test_cleanup_replaced(fake: FakeKernel) -> None:
+    fake.add_module("amber_lp_v1", livepatch=True)
+    fake.add_module("amber_lp_v2", livepatch=True, refcnt=1)
+    fake.add_patch("amber_lp_v2")
+    fake.add_module("ext4", livepatch=False)
+    assert kernel.cleanup_replaced(fake.paths, fake) == ["amber_lp_v1"]
+    assert fake.loaded == ["amber_lp_v2", "ext4"]
+
+
+@pytest.mark.parametrize(("code", "words"), [
+    (errno.EEXIST, "already loaded"),
+    (errno.EKEYREJECTED, "signature rejected"),
+    (errno.ENOKEY, "signature rejected"),
+    (errno.EPERM, "lockdown"),
+    (errno.ENOEXEC, "version magic"),
+    (errno.EBUSY, "another live patch is in transition"),
+    (errno.EINVAL, "invalid"),
+    (errno.E2BIG, "Argument list too long"),
+])
+def test_errno_sentences(code: int, words: str) -> None:
+    error = kernel.load_error(Path("/x/m.ko"), "m", OSError(code, os.strerror(code)))
+    assert error.code == ExitCode.KERNEL_REFUSED
+    assert error.message.startswith("/x/m.ko: ")
+    assert words in error.message
+
+
+# ---- preflight ----------------------------------------------------------------------------
+
+def config(policy: str = "warn", enabled: bool = True) -> LivepatchConfig:
+    return LivepatchConfig(enabled=enabled, signature_policy=policy, trusted_keys="/keys")
+
+
+def system_root(tmp_path: Path, key: SigningKey) -> Path:
+    root = tmp_path / "root"
+    (root / "keys").mkdir(parents=True)
+    (root / "keys/signing.pem").write_bytes(key.cert.read_bytes())
+    return root
+
+
+def preflight_error(path: Path, cfg: LivepatchConfig, root: Path, paths: kernel.KernelPaths,
+                    releases: list[str]) -> AmberError:
+    with pytest.raises(AmberError) as caught:
+        kernel.preflight(path, cfg, root=root, kernel_releases=releases, paths=paths)
+    return caught.value
+
+
+def test_preflight(fake: FakeKernel, modules: Modules, signing_key: SigningKey,
+                   other_key: SigningKey, tmp_path: Path) -> None:
+    root = system_root(tmp_path, signing_key)
+    release = [modules.release]
+    signed = build.sign(modules.v1, signing_key.key, signing_key.cert, tmp_path / "s.ko")
+    stranger = build.sign(modules.v1, other_key.key, other_key.cert, tmp_path / "o.ko")
+
+    ok = kernel.preflight(signed, config("enforce"), root=root, kernel_releases=release,
+                          paths=fake.paths)
+    assert ok.verdict == "trusted" and ok.warnings == ()
+    warned = kernel.preflight(stranger, config("warn"), root=root, kernel_releases=release,
+                              paths=fake.paths)
+    assert warned.verdict == "untrusted" and "unknown key" in warned.warnings[0]
+
+    def code(path: Path, cfg: LivepatchConfig, releases: list[str] = release) -> ExitCode:
+        return preflight_error(path, cfg, root, fake.paths, releases).code
+
+    assert code(signed, config(enabled=False)) == ExitCode.LIVEPATCH_DISABLED
+    assert code(modules.plain, config()) == ExitCode.INCOMPATIBLE
+    other = build.other_release(modules.release)
+    assert code(signed, config(), [modules.release, other]) == ExitCode.INCOMPATIBLE
+    assert code(stranger, config("enforce")) == ExitCode.SIGNATURE
+    assert code(modules.v1, config("enforce")) == ExitCode.SIGNATURE
+    (fake.paths.module("module") / "parameters/sig_enforce").write_text("Y\n")
+    error = preflight_error(modules.v1, config("off"), root, fake.paths, release)
+    assert error.code == ExitCode.SIGNATURE and "signature rejected" in error.message
+    (fake.paths.module("module") / "parameters/sig_enforce").write_text("N\n")
+    fake.add_module("amber_lp_v2", livepatch=True, refcnt=1)
+    fake.add_patch("amber_lp_v2", transition=True)
+    fake.stall = True
+    assert code(signed, config()) == ExitCode.KERNEL_REFUSED
+
+
+def test_preflight_needs_livepatch_support(tmp_path: Path, modules: Modules) -> None:
+    paths = kernel.KernelPaths(sys=tmp_path / "sys", proc=tmp_path / "proc")
+    error = preflight_error(modules.v1, config("off"), tmp_path, paths, [modules.release])
+    assert error.code == ExitCode.ENVIRONMENT
