@@ -247,7 +247,7 @@ def read_boot_files(disk: Path, dest: Path) -> BootFiles:
 
     dest.mkdir(parents=True, exist_ok=True)
     # nologreplay: a disk after a power cut is read as it is, without changing it.
-    with attached(disk, read_only=True) as device, mounted(device, "ro,nologreplay") as root:
+    with attached(disk, read_only=True) as device, mounted(device, "ro,rescue=nologreplay") as root:
         kernel = _resolve_in(root, root / "vmlinuz")
         initrd = _resolve_in(root, root / "initrd.img")
         if not kernel.is_file() or not initrd.is_file():
