@@ -71,7 +71,7 @@ def livepatch_json(vm: Any, *args: str) -> Any:
 
 
 def module_loaded(vm: Any, name: str) -> bool:
-    return vm.exec(["test", "-d", f"/sys/module/{name}"], check=False).code == 0
+    return bool(vm.exec(["test", "-d", f"/sys/module/{name}"], check=False).code == 0)
 
 
 def test_load_replace_unload(vm: Any, guest_modules: dict[str, str]) -> None:
