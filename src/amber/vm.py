@@ -176,8 +176,13 @@ Address=10.0.2.15/24
 Gateway=10.0.2.2
 LinkLocalAddressing=no
 """
+    # Under TCG every module load costs (each is signature-checked): skip what a VM never uses.
+    blacklist = "".join(f"blacklist {name}\n" for name in (
+        "floppy", "kvm", "kvm_amd", "kvm_intel", "cfg80211", "psmouse", "pcspkr", "serio_raw",
+        "ccp", "i2c_piix4"))
     wants = "/etc/systemd/system/multi-user.target.wants"
     return (
+        ExtraFile("/etc/modprobe.d/amber-test-vm.conf", blacklist),
         ExtraFile(f"/etc/systemd/system/{AGENT_UNIT}", unit),
         ExtraFile(f"{wants}/{AGENT_UNIT}", link_to=f"/etc/systemd/system/{AGENT_UNIT}"),
         ExtraFile("/etc/systemd/network/10-amber-test.network", network),
@@ -358,7 +363,8 @@ class VM:
         boot = read_boot_files(self.disk, self.state / "boot")
         cmdline = f"{boot.cmdline} {data.get('append', '')}".strip()
         port = free_port()
-        argv = ["qemu-system-x86_64", "-accel", "tcg", "-m", MEMORY, "-smp", CPUS,
+        argv = ["qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-m", MEMORY,
+                "-smp", CPUS,
                 "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
                 "-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", cmdline,
                 "-drive", f"file={self.disk},format=raw,if=virtio,cache=unsafe",

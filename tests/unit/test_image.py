@@ -1,0 +1,132 @@
+"""The image builder's pure logic: sizes, package lists, fstab and command line, cache keys."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from amber import image, layout
+from amber.image import ExtraFile, ImageSpec
+from amber.log import AmberError, ExitCode
+
+UUID = "0f3b1c2e-8d4a-4c55-9a0e-5b7c1d2e3f40"
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("4G", 4 << 30), ("4096M", 4 << 30), ("2GiB", 2 << 30), ("1.5G", 3 << 29),
+    ("512m", 512 << 20), ("1073741824", 1 << 30), ("8K", 8192),
+])
+def test_parse_size(text: str, size: int) -> None:
+    assert image.parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "G", "4X", "-1G", "four"])
+def test_parse_size_refuses(text: str) -> None:
+    with pytest.raises(AmberError) as e:
+        image.parse_size(text)
+    assert e.value.code == ExitCode.USAGE and text in e.value.message
+
+
+def test_parse_packages() -> None:
+    assert image.parse_packages(["vim,less", " curl ", ""]) == ("vim", "less", "curl")
+    with pytest.raises(AmberError) as e:
+        image.parse_packages(["vim;rm -rf /"])
+    assert e.value.code == ExitCode.USAGE
+
+
+def test_packages_include_base_and_extras_once() -> None:
+    names = image.packages(ImageSpec(include=("vim", "dracut")))
+    assert "vim" in names and names.count("dracut") == 1
+    assert set(image.BASE_PACKAGES) <= set(names)
+
+
+def test_fstab_mounts_root_read_only_without_subvol() -> None:
+    lines = [line.split() for line in image.render_fstab(UUID).splitlines()
+             if not line.startswith("#")]
+    by_place = {fields[1]: fields for fields in lines}
+    assert by_place["/"] == [f"UUID={UUID}", "/", "btrfs", "ro", "0", "0"]
+    assert by_place["/.snapshots"][3] == "subvol=@/.snapshots"
+    for name in layout.SHARED_SUBVOLUMES:
+        assert by_place[f"/{name}"][0] == f"UUID={UUID}"
+        assert by_place[f"/{name}"][3] == f"subvol=@/{name}"
+    assert by_place["/tmp"][2] == "tmpfs"
+
+
+def test_kernel_cmdline_boots_the_default_subvolume() -> None:
+    cmdline = image.kernel_cmdline(UUID, "quiet")
+    assert cmdline.split() == [f"root=UUID={UUID}", "rootfstype=btrfs", "ro", "console=ttyS0",
+                               "quiet"]
+    assert "subvol" not in image.kernel_cmdline(UUID)
+
+
+def test_rootfs_key_follows_its_inputs_only() -> None:
+    spec = ImageSpec()
+    key = image.rootfs_key(spec, "sources A")
+    assert key == image.rootfs_key(spec, "sources A")
+    assert key != image.rootfs_key(spec, "sources B")
+    assert key != image.rootfs_key(ImageSpec(include=("vim",)), "sources A")
+    # Size, command line and added files are assembly, not the cached root filesystem.
+    other = ImageSpec(size=8 << 30, kernel_cmdline="quiet", extra_files=(ExtraFile("/x", "y"),))
+    assert key == image.rootfs_key(other, "sources A")
+
+
+def test_image_key_follows_amber_code(tmp_path: Path) -> None:
+    source = tmp_path / "amber"
+    source.mkdir()
+    (source / "cli.py").write_text("print(1)\n")
+    spec = ImageSpec()
+    key = image.image_key(spec, "s", source)
+    (source / "__pycache__").mkdir()
+    (source / "__pycache__" / "cli.cpython-311.pyc").write_bytes(b"junk")
+    assert image.image_key(spec, "s", source) == key
+    (source / "cli.py").write_text("print(2)\n")
+    changed = image.image_key(spec, "s", source)
+    assert changed != key
+    extra = dataclasses.replace(spec, extra_files=(ExtraFile("/etc/x", "1"),))
+    assert image.image_key(extra, "s", source) != changed
+    assert image.image_key(dataclasses.replace(spec, size=1 << 30), "s", source) != changed
+
+
+def test_kernel_release_is_the_newest(tmp_path: Path) -> None:
+    (tmp_path / "boot").mkdir()
+    for release in ("6.1.0-9-amd64", "6.1.0-10-amd64", "5.10.0-28-amd64"):
+        (tmp_path / "boot" / f"vmlinuz-{release}").write_text("")
+    assert image.find_kernel_release(tmp_path) == "6.1.0-10-amd64"
+    with pytest.raises(AmberError):
+        image.find_kernel_release(tmp_path / "nothing")
+
+
+def test_size_check_names_the_minimum() -> None:
+    with pytest.raises(AmberError) as e:
+        image.check_size(ImageSpec(size=1 << 30), 900 << 20)
+    assert e.value.code == ExitCode.NO_SPACE and "--size 2G" in (e.value.hint or "")
+    image.check_size(ImageSpec(size=4 << 30), 900 << 20)
+
+
+def test_btrfs_supported(tmp_path: Path) -> None:
+    filesystems = tmp_path / "filesystems"
+    filesystems.write_text("nodev\tsysfs\n\text4\n\tbtrfs\n")
+    assert image.btrfs_supported(filesystems)
+    filesystems.write_text("nodev\tsysfs\n\text4\n")
+    assert not image.btrfs_supported(filesystems)
+    assert not image.btrfs_supported(tmp_path / "missing")
+
+
+def test_build_refuses_non_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(AmberError) as e:
+        image.build(tmp_path / "x.img", ImageSpec(), cache_dir=tmp_path)
+    assert e.value.code == ExitCode.ENVIRONMENT and "root" in e.value.message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_parses_image_build() -> None:
+    from amber.cli import build_parser
+
+    args = build_parser().parse_args(["image", "build", "/tmp/x.img", "--size", "8G",
+                                      "--include", "vim,less", "--kernel-cmdline", "quiet"])
+    assert (args.image, args.size, args.include, args.kernel_cmdline) == (
+        Path("/tmp/x.img"), "8G", ["vim,less"], "quiet")

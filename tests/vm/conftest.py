@@ -1,0 +1,42 @@
+"""VM test fixtures: a booted test VM per module (each boot costs tens of seconds under TCG, so
+the tests of a module share one), in a state folder of its own, with the shared image cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from amber.vm import VM, default_state
+from tests.conftest import require
+
+
+def vm_prerequisites() -> None:
+    require(os.geteuid() == 0, "VM tests need root (the image is built on a loop device)")
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is missing")
+    require(shutil.which("mmdebstrap") is not None, "mmdebstrap is missing")
+    require(Path("/dev/loop-control").exists(), "VM tests need loop devices")
+
+
+def booted_vm(tmp_path_factory: pytest.TempPathFactory, append: str = "") -> Iterator[VM]:
+    vm_prerequisites()
+    machine = VM(state=tmp_path_factory.mktemp("vm"), cache=default_state() / "cache")
+    machine.start(append=append)
+    try:
+        yield machine
+    finally:
+        machine.stop()
+
+
+@pytest.fixture(scope="module")
+def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VM]:
+    yield from booted_vm(tmp_path_factory)
+
+
+def amber_status(vm: VM) -> dict[str, Any]:
+    return dict(json.loads(vm.exec(["amber", "status", "--json"]).out))
