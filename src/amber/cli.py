@@ -168,7 +168,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _transaction_args(parser: argparse.ArgumentParser) -> None:
     _common(parser)
-    parser.add_argument("--continue", dest="continue_from", nargs="?", const="default",
+    parser.add_argument("--continue", "-c", dest="continue_from", nargs="?", const="default",
                         default=None, metavar="N",
                         help="base the new snapshot on the default snapshot (or on N) "
                              "instead of the booted one")
@@ -272,9 +272,23 @@ def _raise_interrupted(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _normalize_continue(argv: list[str]) -> list[str]:
+    """`--continue [N]`: an optional value that argparse would confuse with a positional
+    (`amber pkg --continue install x`), so a bare --continue is spelled out here."""
+    out = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            out += argv[i:]
+            break
+        if arg in ("--continue", "-c") and not (i + 1 < len(argv) and argv[i + 1].isdigit()):
+            arg = "--continue=default"
+        out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_normalize_continue(list(sys.argv[1:] if argv is None else argv)))
     log.configure(quiet=args.quiet, verbose=args.verbose)
     if not getattr(args, "handler", None):
         parser.print_help()

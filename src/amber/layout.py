@@ -94,6 +94,7 @@ def finish(top: Path, description: str = "first root filesystem") -> None:
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.is_symlink():
                 link.symlink_to(os.path.relpath(snapshot / in_snapshot, link.parent))
+    _point_rpm_at_its_database(snapshot)
     (snapshot / ".snapshots").mkdir(exist_ok=True)
     store = Store(container)
     store.write_info(Snapshot(number=1, date=now_utc(), description=description,
@@ -101,6 +102,19 @@ def finish(top: Path, description: str = "first root filesystem") -> None:
     btrfs.set_read_only(snapshot, True)
     btrfs.set_default_subvolume(top, btrfs.subvolume_id(snapshot))
     btrfs.sync(top)
+
+
+def _point_rpm_at_its_database(snapshot: Path) -> None:
+    """Debian's rpm keeps its database in ~/.rpmdb unless told otherwise; on an amber system
+    it belongs in the snapshot, like dpkg's."""
+    if not (snapshot / "usr/lib/sysimage/rpm").is_dir():
+        return
+    macros = snapshot / "etc/rpm/macros"
+    if macros.exists() and "_dbpath" in macros.read_text():
+        return
+    macros.parent.mkdir(parents=True, exist_ok=True)
+    with open(macros, "a") as f:
+        f.write("%_dbpath /usr/lib/sysimage/rpm\n")
 
 
 def mount_root(device: Path, target: Path) -> list[Path]:

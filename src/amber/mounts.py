@@ -9,6 +9,7 @@ when the child exits, for whatever reason, the kernel drops the namespace with a
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -27,6 +28,8 @@ CLONE_NEWNS = 0x00020000
 MS_NOSUID = 2
 MS_NODEV = 4
 MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_NOATIME = 1024
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
@@ -97,6 +100,9 @@ def _setup_namespace(chroot: Path, mounts: Sequence[Mount], resolv_conf: bytes |
     _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "mount --make-rprivate /")
     target = os.fsencode(chroot)
     _check(libc.mount(target, target, None, MS_BIND, None), f"mount --bind {chroot} {chroot}")
+    # noatime: reading a file must not change the snapshot (--drop-if-no-change relies on it)
+    _check(libc.mount(None, target, None, MS_REMOUNT | MS_BIND | MS_NOATIME, None),
+           f"mount -o remount,bind,noatime {chroot}")
     for m in mounts:
         where = chroot / m.target
         if not where.is_dir():
@@ -158,6 +164,8 @@ def run_in_chroot(
     pid = os.fork()
     if pid == 0:  # the child: never returns
         try:
+            if not interactive:
+                os.setpgid(0, 0)  # its own process group, so that stopping it stops everything
             _setup_namespace(chroot, mounts, resolv)
             os.chroot(chroot)
             os.chdir("/")
@@ -185,13 +193,20 @@ def _wait_for_child(pid: int, interactive: bool) -> int:
         raise
     finally:
         signal.signal(signal.SIGINT, previous)
+    if not interactive:
+        # Background processes the command left behind would keep the snapshot busy.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
 def _stop_child(pid: int) -> None:
     for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 10.0)):
         try:
-            os.kill(pid, sig)
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
         except ProcessLookupError:
             return
         deadline = time.monotonic() + grace
@@ -210,3 +225,5 @@ def _stop_child(pid: int) -> None:
     except OSError as e:
         if e.errno != errno.ECHILD:
             raise
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)  # whatever the command left running in its group

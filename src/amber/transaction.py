@@ -185,6 +185,14 @@ def set_default(store: Store, number: int) -> None:
     btrfs.sync(store.root)
 
 
+def checkpoint(name: str) -> None:
+    """Crash tests stop amber here with SIGKILL, as a power cut would (AMBER_TEST_CRASH_AT)."""
+    if os.environ.get("AMBER_TEST_CRASH_AT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 # ---- a transaction -----------------------------------------------------------------------------
 
 @dataclass
@@ -285,6 +293,7 @@ def execute(options: Options, steps: Steps, description: str) -> Result:
         _warn_pending(base, booted, default, explicit=options.base is not None)
         number = store.allocate()
         lock.write(pid=os.getpid(), snapshot=number, base=base, started=time.time())
+        checkpoint("allocated")
         text = options.description or description
         log.step(f"snapshot {base} → {number}: {text}")
         try:
@@ -293,6 +302,7 @@ def execute(options: Options, steps: Steps, description: str) -> Result:
                 userdata={IN_PROGRESS_KEY: "yes", "base": str(base)},
             ), read_only=False)
             chroot = Chroot(store, number, base)
+            checkpoint("created")
             before = _generation(chroot.path) if options.drop_if_no_change else 0
             steps(chroot)
             if options.drop_if_no_change and _generation(chroot.path) == before:
@@ -300,6 +310,7 @@ def execute(options: Options, steps: Steps, description: str) -> Result:
                 store.delete(number)
                 lock.clear()
                 return Result(None, base, text, dropped=True)
+            checkpoint("changed")
             close(store, number)
         except BaseException as e:
             reason = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
@@ -314,8 +325,11 @@ def execute(options: Options, steps: Steps, description: str) -> Result:
 def close(store: Store, number: int) -> None:
     log.step(f"closing snapshot {number}: read-only, default for the next boot")
     store.update(number, {IN_PROGRESS_KEY: None})
+    checkpoint("finished")
     store.set_read_only(number, True)
+    checkpoint("read-only")
     set_default(store, number)
+    checkpoint("default")
 
 
 def abort(store: Store, number: int) -> None:

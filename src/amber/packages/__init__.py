@@ -49,17 +49,21 @@ def commands(snapshot: Path, action: str, packages: Sequence[str]) -> list[list[
     if manager == "dnf":
         return dnf.commands(action, packages, _has(snapshot, "/usr/bin/dnf5", "/usr/bin/dnf")
                             or "dnf")
+    dbpath = "/usr/lib/sysimage/rpm" if (snapshot / "usr/lib/sysimage/rpm").is_dir() else None
     if manager == "rpm":
-        return rpm.commands(action, packages)
-    # apt: local .rpm files go to plain rpm, the rest to apt-get.
+        return rpm.commands(action, packages, dbpath)
+    # apt: local .rpm files, and packages that only rpm knows, go to plain rpm.
     rpms = [p for p in packages if p.endswith(".rpm")]
-    others = [p for p in packages if not p.endswith(".rpm")]
+    if action in ("remove", "update") and (snapshot / "usr/lib/sysimage/rpm").is_dir():
+        debs, rpm_known = read_dpkg(snapshot), read_rpm(snapshot)
+        rpms += [p for p in packages if p not in debs and f"rpm:{p}" in rpm_known]
+    others = [p for p in packages if p not in rpms]
     result: list[list[str]] = []
     if rpms:
         if not _has(snapshot, "/usr/bin/rpm", "/bin/rpm"):
             die("cannot install .rpm files: rpm is not installed in the snapshot",
                 hint="amber pkg install rpm", code=ExitCode.ENVIRONMENT)
-        result += rpm.commands(action, rpms)
+        result += rpm.commands(action, rpms, dbpath)
     if others or action == "up":
         result += apt.commands(action, others)
     return result

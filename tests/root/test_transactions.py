@@ -1,0 +1,190 @@
+"""Transactions on a real btrfs root with a real Debian: packages, failures, signals, crashes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from amber import btrfs
+from tests.packages import build_deb, build_rpm
+from tests.root.conftest import System
+from tests.root.helpers import (
+    amber,
+    dpkg_installed,
+    mounts_under,
+    numbers,
+    rpm_installed,
+    spawn,
+    status,
+)
+
+pytestmark = pytest.mark.root
+
+
+def test_install_local_deb_lands_in_new_default_snapshot(system: System, tmp_path: Path) -> None:
+    deb = build_deb(tmp_path, "amber-hello", "1.0", {"/usr/share/amber-hello/hello": "hi\n"},
+                    postinst="echo postinst ran in $TRANSACTIONAL_UPDATE > /var/log/amber-hello")
+    result = amber(system.root, "pkg", "install", str(deb))
+    assert "snapshot 2 is the default" in result.stderr
+    st = status(system.root)
+    assert st["booted"] == 1 and st["default"] == 2 and st["reboot_needed"] is True
+    assert st["in_progress"] == []
+    assert dpkg_installed(system.snapshot(2), "amber-hello")
+    assert not dpkg_installed(system.snapshot(1), "amber-hello")
+    assert (system.snapshot(2) / "usr/share/amber-hello/hello").read_text() == "hi\n"
+    assert not (system.snapshot(1) / "usr/share/amber-hello").exists()
+    assert btrfs.is_read_only(system.snapshot(2))
+    # /var is shared: the package script wrote to the live /var
+    assert (system.root / "var/log/amber-hello").read_text().strip() == "postinst ran in true"
+    assert mounts_under(system.root) == []
+    diff = amber(system.root, "diff", "1", "2", "--json").stdout
+    assert '"name": "amber-hello"' in diff and '"version": "1.0"' in diff
+
+
+def test_install_local_rpm(system: System, tmp_path: Path) -> None:
+    rpm = build_rpm(tmp_path, "amber-rhello", "2.0", {"/usr/share/amber-rhello/hello": "hi\n"})
+    amber(system.root, "pkg", "install", str(rpm))
+    assert rpm_installed(system.snapshot(2), "amber-rhello")
+    assert not rpm_installed(system.snapshot(1), "amber-rhello")
+    assert status(system.root)["default"] == 2
+    removed = amber(system.root, "pkg", "--continue", "remove", "amber-rhello")
+    assert removed.returncode == 0
+    assert not rpm_installed(system.snapshot(3), "amber-rhello")
+    assert rpm_installed(system.snapshot(2), "amber-rhello")
+
+
+def test_failing_package_script_leaves_nothing(system: System, tmp_path: Path) -> None:
+    deb = build_deb(tmp_path, "amber-broken", "1.0", {"/usr/share/amber-broken/x": "x\n"},
+                    postinst="echo failing on purpose >&2; exit 3")
+    result = amber(system.root, "pkg", "install", str(deb), check=False)
+    assert result.returncode == 3, result.stderr
+    assert "package install failed" in result.stderr
+    assert "apt-get" in result.stderr
+    assert numbers(system.root) == [1]
+    assert status(system.root)["default"] == 1
+    assert mounts_under(system.root) == []
+
+
+def test_failing_command_discards_snapshot(system: System) -> None:
+    result = amber(system.root, "run", "--", "sh", "-c", "touch /etc/x; exit 7", check=False)
+    assert result.returncode == 3
+    assert "the command failed: 'sh -c 'touch /etc/x; exit 7'' exited with status 7" in \
+        result.stderr
+    assert "default is unchanged" in result.stderr
+    assert numbers(system.root) == [1]
+    assert not (system.root / ".snapshots/2").exists()
+
+
+def test_missing_command(system: System) -> None:
+    result = amber(system.root, "run", "--", "no-such-command", check=False)
+    assert result.returncode == 3
+    assert "command not found in the snapshot" in result.stderr
+    assert numbers(system.root) == [1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_rolls_back(system: System, sig: signal.Signals) -> None:
+    proc = spawn(system.root, "run", "--", "sh", "-c", "touch /etc/started; sleep 60")
+    _wait_for(lambda: (system.snapshot(2) / "etc/started").exists())
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert numbers(system.root) == [1]
+    assert status(system.root)["default"] == 1
+    assert mounts_under(system.root) == []
+
+
+@pytest.mark.parametrize("phase", ["allocated", "created", "changed", "finished", "read-only"])
+def test_sigkill_before_commit_leaves_old_default(system: System, phase: str) -> None:
+    result = amber(system.root, "run", "--", "touch", "/etc/x", check=False,
+                   env={"AMBER_TEST_CRASH_AT": phase})
+    assert result.returncode == -signal.SIGKILL
+    assert btrfs.default_subvolume(system.root) == btrfs.subvolume_id(system.snapshot(1))
+    st = status(system.root)  # the next amber command removes the unfinished snapshot
+    assert st["default"] == 1 and st["interrupted"] == [] and st["in_progress"] == []
+    assert not (system.root / ".snapshots/2").exists()
+    assert numbers(system.root) == [1]
+    amber(system.root, "run", "--", "true")
+    assert numbers(system.root) == [1, 2]
+
+
+def test_sigkill_after_commit_keeps_new_default(system: System) -> None:
+    result = amber(system.root, "run", "--", "touch", "/etc/x", check=False,
+                   env={"AMBER_TEST_CRASH_AT": "default"})
+    assert result.returncode == -signal.SIGKILL
+    st = status(system.root)
+    assert st["default"] == 2
+    assert (system.snapshot(2) / "etc/x").exists()
+    assert numbers(system.root) == [1, 2]
+
+
+def test_concurrent_transaction_fails_at_once_or_waits(system: System) -> None:
+    first = spawn(system.root, "run", "--", "sleep", "3")
+    _wait_for(lambda: (system.root / ".snapshots/2/snapshot").exists())
+    started = time.monotonic()
+    second = amber(system.root, "run", "--", "true", check=False)
+    assert time.monotonic() - started < 5
+    assert second.returncode == 4
+    assert "another amber transaction" in second.stderr and "--wait" in second.stderr
+    assert status(system.root)["in_progress"] == [2]
+    waited = amber(system.root, "run", "--wait", "--continue", "--", "true")
+    assert waited.returncode == 0
+    assert first.wait(timeout=30) == 0
+    assert numbers(system.root) == [1, 2, 3]
+    assert status(system.root)["default"] == 3
+
+
+def test_full_filesystem_fails_cleanly(system: System) -> None:
+    # Fill the filesystem through the shared /var, leaving ~16 MiB, then write more than that.
+    filler = system.root / "var/filler"
+    free = os.statvfs(system.root).f_bavail * os.statvfs(system.root).f_frsize
+    subprocess.run(["fallocate", "-l", str(max(free - (16 << 20), 0)), str(filler)], check=True)
+    result = amber(system.root, "run", "--", "sh", "-c",
+                   "head -c 64M /dev/urandom > /usr/share/filler", check=False)
+    assert result.returncode == 3, result.stderr
+    assert "No space left on device" in result.stderr
+    assert numbers(system.root) == [1]
+    assert status(system.root)["default"] == 1
+    assert mounts_under(system.root) == []
+    filler.unlink()
+    subprocess.run(["btrfs", "subvolume", "sync", str(system.root)], check=True)
+    amber(system.root, "run", "--", "touch", "/etc/after-full")
+    assert numbers(system.root) == [1, 2]
+
+
+def test_second_transaction_before_reboot_warns(system: System) -> None:
+    amber(system.root, "run", "--", "touch", "/etc/first")
+    second = amber(system.root, "run", "--", "touch", "/etc/second")
+    assert "--continue" in second.stderr and "snapshot 2" in second.stderr
+    assert not (system.snapshot(3) / "etc/first").exists()
+    third = amber(system.root, "run", "--continue", "--", "touch", "/etc/third")
+    assert "warning" not in third.stderr
+    assert (system.snapshot(4) / "etc/second").exists()
+    assert (system.snapshot(4) / "etc/third").exists()
+    amber(system.root, "run", "--continue", "2", "--", "touch", "/etc/fourth")
+    assert (system.snapshot(5) / "etc/first").exists()
+    assert not (system.snapshot(5) / "etc/second").exists()
+
+
+def test_drop_if_no_change(system: System) -> None:
+    dropped = amber(system.root, "run", "--drop-if-no-change", "--json", "--", "true")
+    assert '"dropped": true' in dropped.stdout
+    assert numbers(system.root) == [1]
+    kept = amber(system.root, "run", "--drop-if-no-change", "--", "touch", "/etc/changed")
+    assert kept.returncode == 0
+    assert numbers(system.root) == [1, 2]
+
+
+def _wait_for(condition: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
