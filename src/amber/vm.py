@@ -350,7 +350,7 @@ class VM:
     def start(self, append: str = "") -> float:
         """Boot a fresh copy of the test image; returns the seconds until the agent answered."""
         image = self.build()
-        self.stop()
+        self.kill()
         self.state.mkdir(parents=True, exist_ok=True)
         step("Copying the test image")
         self.disk.unlink(missing_ok=True)
@@ -420,7 +420,9 @@ class VM:
         return False
 
     def stop(self) -> None:
+        """Stop the VM and drop its disk (every start boots a fresh copy of the image)."""
         self.kill()
+        self.disk.unlink(missing_ok=True)
 
     def reboot(self) -> float:
         """Power the guest off cleanly, then boot the (possibly new) default snapshot."""
