@@ -1,0 +1,47 @@
+"""Command-line parsing and start-up: help, usage errors, --continue, lazy imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from amber import cli
+
+
+def test_continue_optional_value() -> None:
+    assert cli._normalize_continue(["pkg", "--continue", "install", "x"]) == [
+        "pkg", "--continue=default", "install", "x"]
+    assert cli._normalize_continue(["run", "--continue", "7", "--", "true"]) == [
+        "run", "--continue", "7", "--", "true"]
+    assert cli._normalize_continue(["run", "--", "x", "--continue"]) == [
+        "run", "--", "x", "--continue"]
+    args = cli.build_parser().parse_args(
+        cli._normalize_continue(["pkg", "--continue", "install", "x"]))
+    assert args.continue_from == "default" and args.action == "install"
+
+
+@pytest.mark.parametrize("verb", ["run", "shell", "pkg", "up", "initrd", "status", "snapshots",
+                                  "rollback", "pin", "unpin", "delete", "cleanup", "diff",
+                                  "livepatch", "image"])
+def test_every_verb_has_help(verb: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "amber.cli", verb, "--help"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "usage: amber" in result.stdout
+
+
+def test_usage_error_exit_code() -> None:
+    result = subprocess.run([sys.executable, "-m", "amber.cli", "rollback", "1", "2"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+
+
+def test_status_imports_no_heavy_modules() -> None:
+    code = ("import sys, amber.cli as c; p = c.build_parser(); "
+            "heavy = [m for m in ('amber.transaction', 'amber.mounts', 'ctypes', "
+            "'xml.etree.ElementTree', 'amber.livepatch.kernel', 'amber.image', 'amber.vm', "
+            "'subprocess') if m in sys.modules]; print(heavy)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
