@@ -14,6 +14,7 @@ from amber import btrfs
 from tests.packages import build_deb, build_rpm
 from tests.root.conftest import System
 from tests.root.helpers import (
+    AMBER,
     amber,
     dpkg_installed,
     mounts_under,
@@ -188,3 +189,22 @@ def _wait_for(condition: object, timeout: float = 30) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not reached in time")
+
+
+def test_shell_keeps_changes_on_success_and_discards_on_failure(system: System) -> None:
+    kept = subprocess.run([*AMBER, "--root", str(system.root), "shell"], input=(
+        "echo $TRANSACTIONAL_UPDATE > /etc/from-shell\nexit 0\n"), capture_output=True, text=True)
+    assert kept.returncode == 0, kept.stderr
+    assert (system.snapshot(2) / "etc/from-shell").read_text() == "true\n"
+    discarded = subprocess.run([*AMBER, "--root", str(system.root), "shell", "--continue"],
+                               input="touch /etc/discard-me\nexit 1\n", capture_output=True,
+                               text=True)
+    assert discarded.returncode == 3
+    assert numbers(system.root) == [1, 2]
+
+
+def test_initrd_without_generator_is_a_clear_error(system: System) -> None:
+    result = amber(system.root, "initrd", check=False)
+    assert result.returncode == 8
+    assert "no initrd generator" in result.stderr and "hint:" in result.stderr
+    assert numbers(system.root) == [1]
