@@ -29,15 +29,19 @@ class Status:
     in_progress: list[int]
     interrupted: list[int]
     extra: dict[str, Any] = field(default_factory=dict)
+    # The live patch, active now, that is the only change from booted to default.
+    covered_by_livepatch: str | None = None
 
     @property
     def reboot_needed(self) -> bool:
-        return self.default is not None and self.default != self.booted
+        return (self.default is not None and self.default != self.booted
+                and self.covered_by_livepatch is None)
 
     def as_json(self) -> dict[str, Any]:
         return {"root": self.root, "booted": self.booted, "default": self.default,
                 "in_progress": self.in_progress, "interrupted": self.interrupted,
-                "reboot_needed": self.reboot_needed, **self.extra}
+                "reboot_needed": self.reboot_needed,
+                "reboot_avoided_by_livepatch": self.covered_by_livepatch, **self.extra}
 
     def render(self) -> str:
         lines = [f"booted snapshot:   {self.booted}", f"default snapshot:  {self.default}"]
@@ -48,8 +52,16 @@ class Status:
                          "(removed by the next transaction or 'amber cleanup')")
         if self.reboot_needed:
             lines.append(f"reboot needed:     yes, to boot snapshot {self.default}")
+        elif self.covered_by_livepatch:
+            lines.append(f"reboot needed:     no: snapshot {self.default} only adds live patch "
+                         f"{self.covered_by_livepatch}, which is active now")
         else:
             lines.append("reboot needed:     no")
+        livepatch = self.extra.get("livepatch")
+        if livepatch:
+            lines += livepatch["lines"]
+            for drift in livepatch["drift"]:
+                lines += [f"warning: {drift['warning']}", f"  hint: {drift['resolve']}"]
         return "\n".join(lines)
 
 
@@ -61,7 +73,31 @@ def status(root: Path) -> Status:
     interrupted = [number] if not held and isinstance(number, int) else []
     if interrupted and _recover_if_possible(s) is not None:
         interrupted = []
-    return Status(str(root), s.booted(), s.default(), running, interrupted)
+    booted, default = s.booted(), s.default()
+    extra, covered = _livepatch_status(s, booted, default)
+    return Status(str(root), booted, default, running, interrupted, extra, covered)
+
+
+def _livepatch_status(s: Store, booted: int | None, default: int | None
+                      ) -> tuple[dict[str, Any], str | None]:
+    """The live patch view, only where live patching is in play (a kernel that supports it, or
+    a snapshot that carries a patch); its modules are imported only then."""
+    import os
+
+    sysfs = Path(os.environ.get("AMBER_SYSFS", "/sys")) / "kernel/livepatch"
+    numbers = {n for n in (booted, default) if n is not None and s.exists(n)}
+    carries = any("livepatch" in s.get(n).userdata for n in numbers)  # apply.LIVEPATCH_KEY
+    if not sysfs.is_dir() and not carries:
+        return {}, None
+    from amber.livepatch import apply, kernel
+
+    paths = kernel.KernelPaths.from_environment()
+    seen = apply.view(s.root, paths, check_initrd=False)
+    active = {p.name for p in seen.patches if p.active}
+    covered = apply.covering_patch(s, booted, default, active)
+    return {"livepatch": {**seen.as_json(), "lines": seen.render(),
+                          "drift": [{"warning": w, "resolve": r}
+                                    for w, r in seen.warnings()]}}, covered
 
 
 def _recover_if_possible(s: Store) -> list[int] | None:
@@ -163,9 +199,23 @@ def rollback(root: Path, target: str | None, *, revert_livepatches: bool = False
             set_default(s, number)
             log.step(f"snapshot {number} is the default for the next boot (was {default})")
     result: dict[str, Any] = {"default": number, "previous_default": default, "booted": booted}
+    result["reverted_livepatches"] = _livepatches_after_rollback(root, number,
+                                                                 revert_livepatches)
     if number != booted:
         log.info(f"reboot to boot snapshot {number}")
     return result
+
+
+def _livepatches_after_rollback(root: Path, target: int, revert: bool) -> list[str]:
+    """A rollback does not undo the running kernel: warn about its live patches that the
+    target lacks, or with --revert-livepatches make the running kernel match the target."""
+    import os
+
+    if not (Path(os.environ.get("AMBER_SYSFS", "/sys")) / "kernel/livepatch").is_dir():
+        return []
+    from amber.livepatch import apply
+
+    return apply.revert_for_rollback(root, target, revert)
 
 
 # ---- pinning, deleting, cleanup --------------------------------------------------------------

@@ -106,10 +106,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     from amber import config
     from amber.livepatch import kernel
 
-    facts = kernel.status(kernel.KernelPaths.from_environment())
+    paths = kernel.KernelPaths.from_environment()
+    facts = kernel.status(paths)
     enabled = config.load(args.root).livepatch.enabled
+    seen = _view(args.root, paths)
     if args.json:
-        _print_json({**facts.as_json(), "amber_enabled": enabled})
+        _print_json({**facts.as_json(), "amber_enabled": enabled, **_view_json(seen)})
         return 0
     taint = kernel.decode_taint(facts.taint)
     print(f"state:                 {facts.state}")
@@ -126,7 +128,37 @@ def cmd_status(args: argparse.Namespace) -> int:
               + (", in transition" if patch.transition else ""))
     for leftover in facts.replaced:
         print(f"replaced, still loaded: {leftover.name}")
+    _print_view(seen)
     return 0
+
+
+def _view(root: Path, paths: Any) -> Any:
+    """Running kernel, booted snapshot and next boot side by side (None off an amber root)."""
+    from amber.livepatch import apply
+    from amber.log import AmberError
+
+    try:
+        return apply.view(root, paths)
+    except AmberError:
+        return None
+
+
+def _view_json(seen: Any) -> dict[str, Any]:
+    if seen is None:
+        return {}
+    return {"view": seen.as_json(),
+            "drift": [{"warning": w, "resolve": r} for w, r in seen.warnings()]}
+
+
+def _print_view(seen: Any) -> None:
+    from amber import log
+
+    if seen is None:
+        return
+    for line in seen.render():
+        print(line)
+    for warning, resolve in seen.warnings():
+        log.warn(warning, hint=resolve)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -134,12 +166,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     paths = kernel.KernelPaths.from_environment()
     found, replaced = kernel.patches(paths), kernel.replaced_modules(paths)
+    seen = _view(args.root, paths)
     if args.json:
+        # The view only when some snapshot or the kernel has a patch: scripts that compare
+        # the output of an unpatched system keep seeing the two lists alone.
         _print_json({"patches": [kernel.patch_json(p) for p in found],
-                     "replaced": [kernel.replaced_json(m) for m in replaced]})
+                     "replaced": [kernel.replaced_json(m) for m in replaced],
+                     **(_view_json(seen) if seen is not None and seen.patches else {})})
         return 0
     if not found and not replaced:
         print("no live patches loaded")
+        _print_view(seen)
         return 0
     print(f"{'NAME':<24} {'ENABLED':<8} {'TRANSITION':<11} SRCVERSION")
     for p in found:
@@ -147,6 +184,7 @@ def cmd_list(args: argparse.Namespace) -> int:
               f"{'yes' if p.transition else 'no':<11} {p.srcversion or '-'}")
     for m in replaced:
         print(f"{m.name:<24} {'replaced, still loaded':<20} {m.srcversion or '-'}")
+    _print_view(seen)
     return 0
 
 
@@ -211,6 +249,31 @@ def cmd_unload(args: argparse.Namespace) -> int:
     else:
         for name in unloaded:
             log.info(f"unloaded {name}")
+    return 0
+
+
+# ---- apply and revert ---------------------------------------------------------------------
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from amber.livepatch import apply
+
+    mode = "next-boot" if args.next_boot else "live-only" if args.live_only else "now"
+    outcome = apply.apply(args.root, args.sources, mode=mode, keep=args.keep,
+                          timeout=args.timeout, base=args.base, wait=args.wait)
+    if args.json:
+        _print_json(outcome.as_json())
+    return 0
+
+
+def cmd_revert(args: argparse.Namespace) -> int:
+    from amber import log
+    from amber.livepatch import apply
+
+    removed = apply.revert(args.root, args.name, timeout=args.timeout)
+    if args.json:
+        _print_json({"unloaded": removed})
+    else:
+        log.info(f"live patch {args.name} is reverted in the running kernel")
     return 0
 
 
@@ -280,6 +343,35 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
     v.add_argument("--timeout", type=_timeout, default=None, metavar="S",
                    help="seconds to wait for the transition (default: transition_timeout)")
     v.set_defaults(handler=cmd_unload)
+
+    v = verbs.add_parser("apply", help="install a live patch in a new snapshot (initrd "
+                                       "included) and load it now: patched now and at every boot")
+    common(v)
+    v.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="a live patch package (.rpm, .deb), a package name, or a module file "
+                        "(.ko, .ko.xz, .ko.zst)")
+    when = v.add_mutually_exclusive_group()
+    when.add_argument("--next-boot", action="store_true",
+                      help="install for the next boot only; do not load it now")
+    when.add_argument("--live-only", action="store_true",
+                      help="load it into the running kernel only, without a snapshot "
+                           "(a reboot drops it)")
+    v.add_argument("--keep", action="store_true",
+                   help="if loading fails, keep the new snapshot as the default anyway")
+    v.add_argument("--base", default=None, metavar="N|booted|default",
+                   help="the snapshot to start from (default: the next boot's, so that a "
+                        "pending update is kept)")
+    v.add_argument("--timeout", type=_timeout, default=None, metavar="S",
+                   help="seconds to wait for the transition (default: transition_timeout)")
+    v.set_defaults(handler=cmd_apply)
+
+    v = verbs.add_parser("revert", help="disable and unload a live patch now (the snapshots "
+                                        "stay as they are)")
+    common(v)
+    v.add_argument("name", metavar="NAME")
+    v.add_argument("--timeout", type=_timeout, default=None, metavar="S",
+                   help="seconds to wait for the transition (default: transition_timeout)")
+    v.set_defaults(handler=cmd_revert)
 
     for verb, text in (("enable", "allow live patches to be loaded on this system"),
                        ("disable", "refuse to load live patches on this system")):
