@@ -118,12 +118,13 @@ def _point_rpm_at_its_database(snapshot: Path) -> None:
 
 
 def mount_root(device: Path, target: Path) -> list[Path]:
-    """Mount a filesystem as a booted system sees it: default subvolume at target, .snapshots
-    and the shared subvolumes at their places. Returns the mount points, innermost last."""
+    """Mount a filesystem as a booted system sees it: default subvolume read-only at target,
+    .snapshots and the shared subvolumes writable at their places. Returns the mount points,
+    innermost last."""
     if not target.is_dir():
         die(f"mount point {target} does not exist")
     mounted: list[Path] = []
-    run(["mount", "-o", "compress=zstd:1", str(device), str(target)])
+    run(["mount", "-o", "ro,compress=zstd:1", str(device), str(target)])
     mounted.append(target)
     try:
         for name in (".snapshots", *SHARED_SUBVOLUMES):

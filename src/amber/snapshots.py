@@ -253,7 +253,9 @@ class Store:
         btrfs.set_read_only(self.path(number), read_only)
 
     def set_default(self, number: int) -> None:
-        btrfs.set_default_subvolume(self.root, btrfs.subvolume_id(self.path(number)))
+        # On a booted system / is read-only; /.snapshots is a writable mount of the same
+        # filesystem, and the ioctl needs a writable one.
+        btrfs.set_default_subvolume(self.dir, btrfs.subvolume_id(self.path(number)))
 
     def update(self, number: int, userdata: Mapping[str, str | None]) -> Snapshot:
         snapshot = self.get(number).with_userdata(userdata)

@@ -180,9 +180,9 @@ def set_default(store: Store, number: int) -> None:
     previous = store.default()
     if previous is not None and previous != number:
         write_state(store, previous_default=previous)
-    btrfs.sync(store.root)
+    btrfs.sync(store.dir)
     store.set_default(number)
-    btrfs.sync(store.root)
+    btrfs.sync(store.dir)
 
 
 def checkpoint(name: str) -> None:
