@@ -142,14 +142,17 @@ class FakeKernel:
 @pytest.fixture
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKernel]:
     write_enabled = kernel.write_enabled
+    fake_kernel = FakeKernel(tmp_path / "kernel")
 
     def kernel_starts_transition(paths: kernel.KernelPaths, name: str, value: bool) -> None:
-        # The kernel starts (or reverses) the transition within the write itself.
-        write_enabled(paths, name, value)
-        (paths.patch(name) / "transition").write_text("1\n")
+        # The kernel starts (or reverses) the transition within the write itself, atomically
+        # as far as the fake kernel's thread is concerned.
+        with fake_kernel._lock:
+            write_enabled(paths, name, value)
+            (paths.patch(name) / "transition").write_text("1\n")
 
     monkeypatch.setattr(kernel, "write_enabled", kernel_starts_transition)
-    with FakeKernel(tmp_path / "kernel") as fake_kernel:
+    with fake_kernel:
         yield fake_kernel
 
 
