@@ -177,7 +177,119 @@ def _transaction_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--description", "-m", default=None, help="description of the snapshot")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_run(p: argparse.ArgumentParser) -> None:
+    _transaction_args(p)
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+    p.set_defaults(handler=cmd_run)
+
+
+def _add_shell(p: argparse.ArgumentParser) -> None:
+    _transaction_args(p)
+    p.set_defaults(handler=cmd_shell)
+
+
+def _add_pkg(p: argparse.ArgumentParser) -> None:
+    _transaction_args(p)
+    p.add_argument("action", choices=["install", "remove", "update"])
+    p.add_argument("packages", nargs="+", metavar="PKG",
+                   help="package names, or local .deb/.rpm files")
+    p.set_defaults(handler=cmd_pkg)
+
+
+def _add_up(p: argparse.ArgumentParser) -> None:
+    _transaction_args(p)
+    p.set_defaults(handler=cmd_up)
+
+
+def _add_initrd(p: argparse.ArgumentParser) -> None:
+    _transaction_args(p)
+    p.set_defaults(handler=cmd_initrd)
+
+
+def _add_status(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.set_defaults(handler=cmd_status)
+
+
+def _add_snapshots(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.set_defaults(handler=cmd_snapshots)
+
+
+def _add_rollback(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("target", nargs="?", default=None, metavar="N|last",
+                   help="snapshot number, or 'last' (the previous default); "
+                        "without it: the booted snapshot")
+    p.add_argument("--revert-livepatches", action="store_true",
+                   help="also unload live patches the target snapshot does not have")
+    p.set_defaults(handler=cmd_rollback)
+
+
+def _add_pin(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("number", type=_snapshot_arg)
+    p.set_defaults(handler=cmd_pin)
+
+
+def _add_delete(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("numbers", type=_snapshot_arg, nargs="+", metavar="N")
+    p.set_defaults(handler=cmd_delete)
+
+
+def _add_cleanup(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--keep", type=int, default=None,
+                   help="keep the newest K (default: [snapshots] keep in amber.conf)")
+    p.set_defaults(handler=cmd_cleanup)
+
+
+def _add_diff(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("a", metavar="A", help="snapshot number (or 'booted', 'default')")
+    p.add_argument("b", metavar="B", help="snapshot number (or 'booted', 'default')")
+    p.set_defaults(handler=cmd_diff)
+
+
+# verb, aliases, help, how to add its arguments
+VERBS: tuple[tuple[str, tuple[str, ...], str, Callable[[argparse.ArgumentParser], None]], ...] = (
+    ("run", (), "run a command in a new snapshot", _add_run),
+    ("shell", (), "open an interactive shell in a new snapshot", _add_shell),
+    ("pkg", (), "install, remove or update packages in a new snapshot", _add_pkg),
+    ("up", (), "update every package in a new snapshot", _add_up),
+    ("initrd", (), "regenerate the initrd in a new snapshot", _add_initrd),
+    ("status", (), "booted and default snapshot, pending reboot", _add_status),
+    ("snapshots", ("list",), "list snapshots", _add_snapshots),
+    ("rollback", (), "make an older snapshot the default for the next boot", _add_rollback),
+    ("pin", (), "keep a snapshot from cleanup", _add_pin),
+    ("unpin", (), "let cleanup remove it", _add_pin),
+    ("delete", (), "delete snapshots (never the booted or default one)", _add_delete),
+    ("cleanup", (), "delete old snapshots and unfinished transactions", _add_cleanup),
+    ("diff", (), "packages added, removed and changed between two snapshots", _add_diff),
+)
+NESTED = {"livepatch": "inspect, load and apply kernel live patches",
+          "image": "build a bootable immutable Debian image"}
+
+
+def _verb_of(argv: Sequence[str]) -> str | None:
+    """The verb on the command line, so that only its arguments are built (start-up time)."""
+    names = {v[0] for v in VERBS} | {a for v in VERBS for a in v[1]} | set(NESTED)
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--root":
+            skip = True
+        elif arg in names:
+            return arg
+        elif not arg.startswith("-"):
+            return None
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only`, the other verbs are listed without their arguments."""
     parser = argparse.ArgumentParser(
         prog="amber",
         description="Immutable btrfs root: transactional updates, rollback and live patches.",
@@ -193,78 +305,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="print every command run")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name, aliases, text, add_arguments in VERBS:
+        p = sub.add_parser(name, aliases=list(aliases), help=text)
+        if only is None or only == name or only in aliases:
+            add_arguments(p)
+    for name, text in NESTED.items():
+        if only is not None and only != name:
+            sub.add_parser(name, help=text)
+        elif name == "livepatch":
+            from amber.livepatch import cli as livepatch_cli
 
-    p = sub.add_parser("run", help="run a command in a new snapshot")
-    _transaction_args(p)
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
-    p.set_defaults(handler=cmd_run)
+            livepatch_cli.add_parser(sub, _common)
+        else:
+            from amber import image_cli
 
-    p = sub.add_parser("shell", help="open an interactive shell in a new snapshot")
-    _transaction_args(p)
-    p.set_defaults(handler=cmd_shell)
-
-    p = sub.add_parser("pkg", help="install, remove or update packages in a new snapshot")
-    _transaction_args(p)
-    p.add_argument("action", choices=["install", "remove", "update"])
-    p.add_argument("packages", nargs="+", metavar="PKG",
-                   help="package names, or local .deb/.rpm files")
-    p.set_defaults(handler=cmd_pkg)
-
-    p = sub.add_parser("up", help="update every package in a new snapshot")
-    _transaction_args(p)
-    p.set_defaults(handler=cmd_up)
-
-    p = sub.add_parser("initrd", help="regenerate the initrd in a new snapshot")
-    _transaction_args(p)
-    p.set_defaults(handler=cmd_initrd)
-
-    p = sub.add_parser("status", help="booted and default snapshot, pending reboot")
-    _common(p)
-    p.set_defaults(handler=cmd_status)
-
-    p = sub.add_parser("snapshots", aliases=["list"], help="list snapshots")
-    _common(p)
-    p.set_defaults(handler=cmd_snapshots)
-
-    p = sub.add_parser("rollback", help="make an older snapshot the default for the next boot")
-    _common(p)
-    p.add_argument("target", nargs="?", default=None, metavar="N|last",
-                   help="snapshot number, or 'last' (the previous default); "
-                        "without it: the booted snapshot")
-    p.add_argument("--revert-livepatches", action="store_true",
-                   help="also unload live patches the target snapshot does not have")
-    p.set_defaults(handler=cmd_rollback)
-
-    for verb, text in (("pin", "keep a snapshot from cleanup"), ("unpin", "let cleanup remove it")):
-        p = sub.add_parser(verb, help=text)
-        _common(p)
-        p.add_argument("number", type=_snapshot_arg)
-        p.set_defaults(handler=cmd_pin)
-
-    p = sub.add_parser("delete", help="delete snapshots (never the booted or default one)")
-    _common(p)
-    p.add_argument("numbers", type=_snapshot_arg, nargs="+", metavar="N")
-    p.set_defaults(handler=cmd_delete)
-
-    p = sub.add_parser("cleanup", help="delete old snapshots and unfinished transactions")
-    _common(p)
-    p.add_argument("--keep", type=int, default=None,
-                   help="keep the newest K (default: [snapshots] keep in amber.conf)")
-    p.set_defaults(handler=cmd_cleanup)
-
-    p = sub.add_parser("diff", help="packages added, removed and changed between two snapshots")
-    _common(p)
-    p.add_argument("a", metavar="A", help="snapshot number (or 'booted', 'default')")
-    p.add_argument("b", metavar="B", help="snapshot number (or 'booted', 'default')")
-    p.set_defaults(handler=cmd_diff)
-
-    from amber.livepatch import cli as livepatch_cli
-
-    livepatch_cli.add_parser(sub, _common)
-
-    from amber import image_cli
-
-    image_cli.add_parser(sub, _common)
+            image_cli.add_parser(sub, _common)
     return parser
 
 
@@ -287,8 +342,9 @@ def _normalize_continue(argv: list[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(_normalize_continue(list(sys.argv[1:] if argv is None else argv)))
+    arguments = _normalize_continue(list(sys.argv[1:] if argv is None else argv))
+    parser = build_parser(only=_verb_of(arguments))
+    args = parser.parse_args(arguments)
     log.configure(quiet=args.quiet, verbose=args.verbose)
     if not getattr(args, "handler", None):
         parser.print_help()
