@@ -165,3 +165,55 @@ def test_snapper_reads_amber_and_amber_reads_snapper(system: System, tmp_path: P
         assert status(second)["booted"] == 2
     finally:
         layout.unmount_all(mounts)
+
+
+def test_foreign_layout_made_with_btrfs_progs(pristine: Path, tmp_path: Path) -> None:
+    """A root laid out the way SUSE's installer or kiwi does it, with btrfs-progs and a
+    hand-written info.xml, no shared subvolumes but /var: amber manages it as it is."""
+    from tests.root.conftest import attach, debian_tarball
+
+    image = tmp_path / "foreign.img"
+    subprocess.run(["truncate", "-s", "2G", str(image)], check=True)
+    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True)
+    device = attach(image)
+    top, root = tmp_path / "top", tmp_path / "root"
+    top.mkdir()
+    root.mkdir()
+    mounted: list[Path] = []
+    try:
+        subprocess.run(["mount", str(device), str(top)], check=True)
+        mounted.append(top)
+        for sub in ("@", "@/.snapshots", "@/var"):
+            subprocess.run(["btrfs", "-q", "subvolume", "create", str(top / sub)], check=True)
+        (top / "@/.snapshots/1").mkdir()
+        first = top / "@/.snapshots/1/snapshot"
+        subprocess.run(["btrfs", "-q", "subvolume", "create", str(first)], check=True)
+        subprocess.run(["tar", "-xf", str(debian_tarball()), "-C", str(first)], check=True)
+        (first / ".snapshots").mkdir()
+        (top / "@/.snapshots/1/info.xml").write_text(
+            '<?xml version="1.0"?>\n<snapshot>\n  <type>single</type>\n  <num>1</num>\n'
+            "  <date>2024-02-02 10:00:00</date>\n  <description>first root filesystem"
+            "</description>\n</snapshot>\n")
+        subprocess.run(["btrfs", "property", "set", str(first), "ro", "true"], check=True)
+        subprocess.run(["btrfs", "subvolume", "set-default", str(first)], check=True)
+        subprocess.run(["umount", str(top)], check=True)
+        mounted.remove(top)
+        subprocess.run(["mount", "-o", "ro", str(device), str(root)], check=True)
+        mounted.append(root)
+        for sub in (".snapshots", "var"):
+            subprocess.run(["mount", "-o", f"subvol=@/{sub}", str(device), str(root / sub)],
+                           check=True)
+            mounted.append(root / sub)
+        assert status(root)["booted"] == 1
+        amber(root, "run", "--", "touch", "/etc/made-by-amber")
+        rows = amber_json(root, "snapshots")
+        assert [(r["number"], r["booted"], r["default"]) for r in rows] == [
+            (1, True, False), (2, False, True)]
+        assert (root / ".snapshots/2/snapshot/etc/made-by-amber").exists()
+        default = subprocess.run(["btrfs", "subvolume", "get-default", str(root)], check=True,
+                                 capture_output=True, text=True).stdout
+        assert default.strip().endswith("path @/.snapshots/2/snapshot")
+    finally:
+        for where in reversed(mounted):
+            subprocess.run(["umount", str(where)], check=False)
+        subprocess.run(["losetup", "-d", str(device)], check=False)
