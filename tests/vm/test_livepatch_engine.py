@@ -4,16 +4,15 @@ refusals that must happen before anything reaches the kernel."""
 from __future__ import annotations
 
 import json
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from amber.log import ExitCode
-from tests.conftest import require
+from amber.vm import VM
 from tests.modules import build
+from tests.vm.conftest import booted_vm
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "amber-livepatch-"
@@ -21,26 +20,8 @@ MARKER = "amber-livepatch-"
 pytestmark = pytest.mark.vm
 
 
-def _vm(tmp_path_factory: pytest.TempPathFactory, append: str) -> Iterator[Any]:
-    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is missing")
-    from amber.vm import VM, default_state
-
-    # Our own state folder (other VM tests may run), the shared image cache.
-    machine = VM(state=tmp_path_factory.mktemp("vm"), cache=default_state() / "cache")
-    machine.start(append=append)
-    try:
-        yield machine
-    finally:
-        machine.stop()
-
-
 @pytest.fixture(scope="module")
-def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    yield from _vm(tmp_path_factory, "")
-
-
-@pytest.fixture(scope="module")
-def guest_modules(vm: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def guest_modules(vm: VM, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """amber's test modules built for the VM's kernel, copied into the guest."""
     release = vm.kernel_release()
     built = build.build_modules(release, REPO / ".cache" / "modules")
@@ -62,19 +43,19 @@ def guest_modules(vm: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     return remote
 
 
-def cmdline(vm: Any) -> str:
+def cmdline(vm: VM) -> str:
     return str(vm.exec(["cat", "/proc/cmdline"]).out.strip())
 
 
-def livepatch_json(vm: Any, *args: str) -> Any:
+def livepatch_json(vm: VM, *args: str) -> Any:
     return json.loads(vm.exec(["amber", "livepatch", *args, "--json"]).out)
 
 
-def module_loaded(vm: Any, name: str) -> bool:
+def module_loaded(vm: VM, name: str) -> bool:
     return bool(vm.exec(["test", "-d", f"/sys/module/{name}"], check=False).code == 0)
 
 
-def test_load_replace_unload(vm: Any, guest_modules: dict[str, str]) -> None:
+def test_load_replace_unload(vm: VM, guest_modules: dict[str, str]) -> None:
     original = cmdline(vm)
     assert MARKER not in original
 
@@ -100,14 +81,14 @@ def test_load_replace_unload(vm: Any, guest_modules: dict[str, str]) -> None:
     assert livepatch_json(vm, "list") == {"patches": [], "replaced": []}
 
 
-def test_compressed_module_loads(vm: Any, guest_modules: dict[str, str]) -> None:
+def test_compressed_module_loads(vm: VM, guest_modules: dict[str, str]) -> None:
     vm.exec(["amber", "livepatch", "load", guest_modules["v1.xz"]])
     assert cmdline(vm).endswith(f"{MARKER}v1")
     vm.exec(["amber", "livepatch", "unload", "amber_lp_v1"])
     assert MARKER not in cmdline(vm)
 
 
-def test_refused_before_loading(vm: Any, guest_modules: dict[str, str]) -> None:
+def test_refused_before_loading(vm: VM, guest_modules: dict[str, str]) -> None:
     result = vm.exec(["amber", "livepatch", "load", guest_modules["elsewhere"]], check=False)
     assert result.code == ExitCode.INCOMPATIBLE
     assert "built for kernel" in result.err
@@ -118,7 +99,7 @@ def test_refused_before_loading(vm: Any, guest_modules: dict[str, str]) -> None:
     assert not module_loaded(vm, "amber_plain")
 
 
-def test_disabled_refuses(vm: Any, guest_modules: dict[str, str]) -> None:
+def test_disabled_refuses(vm: VM, guest_modules: dict[str, str]) -> None:
     vm.exec(["amber", "livepatch", "disable"])
     try:
         result = vm.exec(["amber", "livepatch", "load", guest_modules["v1"]], check=False)
@@ -129,7 +110,7 @@ def test_disabled_refuses(vm: Any, guest_modules: dict[str, str]) -> None:
 
 
 def test_signature_enforced_by_the_kernel(tmp_path_factory: pytest.TempPathFactory,
-                                          vm: Any) -> None:
+                                          vm: VM) -> None:
     """A second boot with module.sig_enforce=1 (the first VM stops to free memory)."""
     release = vm.kernel_release()
     vm.stop()
@@ -137,7 +118,7 @@ def test_signature_enforced_by_the_kernel(tmp_path_factory: pytest.TempPathFacto
     keys = tmp_path_factory.mktemp("vm-key")
     key, cert = build.make_signing_key(keys, "amber key the kernel does not know")
     signed = build.sign(built["amber_lp_v1"], key, cert, keys / "amber_lp_v1.ko")
-    for enforcing in _vm(tmp_path_factory, "module.sig_enforce=1"):
+    for enforcing in booted_vm(tmp_path_factory, "module.sig_enforce=1"):
         enforcing.put(built["amber_lp_v1"], "/root/unsigned.ko")
         enforcing.put(signed, "/root/signed.ko")
         enforcing.exec(["amber", "livepatch", "enable"])
