@@ -120,11 +120,14 @@ def resolve(root: Path, argument: str, work: Path) -> Source:
     path = Path(argument)
     if is_module_file(argument):
         if not path.is_file():
-            die(f"module file {argument} does not exist", code=ExitCode.NOT_FOUND)
+            die(f"module file {argument} does not exist", hint="check the path",
+                code=ExitCode.NOT_FOUND)
         return Source(argument, path, "module", None, (path,))
     if argument.endswith(packages.PACKAGE_SUFFIXES):
         if not path.is_file():
-            die(f"package file {argument} does not exist", code=ExitCode.NOT_FOUND)
+            die(f"package file {argument} does not exist",
+                hint="check the path; a package name has no .rpm or .deb ending",
+                code=ExitCode.NOT_FOUND)
         file = path
     elif "/" in argument:
         die(f"{argument} is neither a package (.rpm, .deb) nor a module (.ko, .ko.xz, .ko.zst)",

@@ -1,0 +1,269 @@
+"""`amber livepatch apply` on a real btrfs root with a real Debian: real packages (.rpm, .deb),
+real rpm/apt/dpkg and depmod inside the snapshot, real snapshots and default switching.
+
+Two parts stand in for what this host lacks, and the VM tests (tests/vm/test_livepatch_apply.py)
+prove the real thing: the kernel (the host cannot load modules; tests.unit's FakeKernel acts on
+fake sysfs/procfs trees as the kernel does), and dracut (the root image has no kernel, and a real
+initrd build needs one): a stand-in `dracut` package records the command line and the
+configuration dracut would read into the "initrd" file, so the tests see what amber asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from amber import btrfs, layout
+from amber.livepatch import apply
+from amber.livepatch import kernel as kernel_side
+from amber.log import AmberError, ExitCode
+from amber.snapshots import Store
+from tests.conftest import require
+from tests.livepatch_packages import build_livepatch_deb, build_livepatch_rpm, rpm_name
+from tests.modules import build
+from tests.packages import build_deb
+from tests.root.conftest import CACHE, System
+from tests.root.helpers import amber, numbers, rpm_installed, status
+from tests.unit.conftest import kernel_release_for_tests
+from tests.unit.test_livepatch_kernel import FakeKernel
+
+pytestmark = pytest.mark.root
+
+REPO = Path(__file__).resolve().parents[2]
+DRACUT_STANDIN = """#!/bin/sh
+# amber's root tests: a stand-in for dracut (no kernel in this image to build a real initrd).
+# Writes its arguments and the configuration dracut would read to the initrd path.
+out=""
+for arg; do case "$arg" in -*) ;; *) [ -z "$out" ] && out="$arg" ;; esac; done
+{ echo "dracut $*"; cat /etc/dracut.conf.d/*.conf; } > "$out"
+"""
+
+
+@dataclass(frozen=True)
+class Kit:
+    release: str
+    v1: Path
+    v2: Path
+    plain: Path
+    packages: Path  # folder of .deb files: kmod, a stand-in kernel and dracut
+
+
+@pytest.fixture(scope="session")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
+    release = kernel_release_for_tests()
+    require(release is not None, "no linux-headers package installed")
+    assert release is not None
+    built = build.build_modules(release, REPO / ".cache" / "modules")
+    debs = CACHE / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    if not list(debs.glob("kmod_*.deb")) or not list(debs.glob("libkmod2_*.deb")):
+        subprocess.run(["apt-get", "download", "kmod", "libkmod2"], cwd=debs, check=True,
+                       capture_output=True)
+    folder = tmp_path_factory.mktemp("kit")
+    for deb in debs.glob("*.deb"):
+        (folder / deb.name).symlink_to(deb)
+    build_deb(folder, "amber-test-kernel", "1.0", {
+        f"/boot/vmlinuz-{release}": "not a kernel: amber's root tests\n",
+        f"/lib/modules/{release}/modules.order": "",
+        f"/lib/modules/{release}/modules.builtin": "",
+    })
+    build_deb(folder, "amber-test-dracut", "1.0", {"/usr/bin/dracut": DRACUT_STANDIN},
+              postinst="chmod 755 /usr/bin/dracut")
+    return Kit(release, built["amber_lp_v1"], built["amber_lp_v2"], built["amber_plain"],
+               folder)
+
+
+def prepare(system: System, kit: Kit, dracut: bool = True) -> None:
+    """Install kmod, the stand-in kernel (and dracut), then 'reboot': mount the new default
+    as the root, so that it is the booted snapshot (2)."""
+    debs = [str(p) for p in sorted(kit.packages.glob("*.deb"))
+            if dracut or "amber-test-dracut" not in p.name]
+    amber(system.root, "pkg", "install", *debs)
+    layout.unmount_all(system.mounts)
+    system.mounts = layout.mount_root(system.device, system.root)
+    assert Store(system.root).booted() == 2
+    amber(system.root, "livepatch", "enable")
+
+
+@pytest.fixture
+def kernel(tmp_path: Path, kit: Kit, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKernel]:
+    fake = FakeKernel(tmp_path / "kernel")
+    write_enabled = kernel_side.write_enabled
+
+    def kernel_starts_transition(paths: kernel_side.KernelPaths, name: str, value: bool) -> None:
+        # As in tests.unit: the kernel starts the transition within the write itself.
+        with fake._lock:
+            write_enabled(paths, name, value)
+            (paths.patch(name) / "transition").write_text("1\n")
+
+    monkeypatch.setattr(kernel_side, "write_enabled", kernel_starts_transition)
+    monkeypatch.setenv("AMBER_KERNEL_RELEASE", kit.release)
+    monkeypatch.setenv("AMBER_SYSFS", str(fake.paths.sys))
+    monkeypatch.setenv("AMBER_PROCFS", str(fake.paths.proc))
+    with fake:
+        yield fake
+
+
+def active(kernel: FakeKernel) -> list[str]:
+    return sorted(p.name for p in kernel.paths.livepatch.iterdir())
+
+
+def livepatch_dir(system: System, number: int, release: str) -> Path:
+    return system.snapshot(number) / "usr/lib/modules" / release / "livepatch"
+
+
+def test_rpm_then_deb_cumulative_replace(system: System, kit: Kit, kernel: FakeKernel,
+                                         tmp_path: Path) -> None:
+    prepare(system, kit)
+    rpm = build_livepatch_rpm(tmp_path, kit.release, kit.v1, "1")
+    outcome = apply.apply(system.root, [str(rpm)], paths=kernel.paths, syscalls=kernel)
+    assert (outcome.snapshot, outcome.base, outcome.loaded) == (3, 2, True)
+    snapshot = system.snapshot(3)
+    assert sorted(p.name for p in livepatch_dir(system, 3, kit.release).iterdir()) == [
+        "amber_lp_v1.ko"]
+    assert rpm_installed(snapshot, rpm_name(kit.release))
+    depmod = (snapshot / "usr/lib/modules" / kit.release / "modules.dep").read_text()
+    assert "livepatch/amber_lp_v1.ko:" in depmod
+    conf = (snapshot / apply.DRACUT_CONF).read_text()
+    assert 'force_drivers+=" amber_lp_v1 "' in conf
+    initrd = (snapshot / "boot" / f"initrd.img-{kit.release}").read_text()
+    assert initrd.startswith(f"dracut --force /boot/initrd.img-{kit.release} {kit.release}")
+    assert 'force_drivers+=" amber_lp_v1 "' in initrd
+    assert btrfs.is_read_only(snapshot)
+    info = Store(system.root).get(3).userdata
+    assert info[apply.LIVEPATCH_KEY] == "amber_lp_v1" and info[apply.LIVEPATCH_ONLY_KEY] == "yes"
+    assert active(kernel) == ["amber_lp_v1"]
+    st = status(system.root)
+    assert (st["booted"], st["default"], st["reboot_needed"]) == (2, 3, False)
+    assert st["reboot_avoided_by_livepatch"] == "amber_lp_v1"
+    assert st["livepatch"]["patches"][0]["next_boot"] is True
+    assert not livepatch_dir(system, 2, kit.release).exists()  # the booted one is untouched
+
+    # v2 as a .deb of another name: v1's rpm leaves the new snapshot, v1 leaves the kernel.
+    deb = build_livepatch_deb(tmp_path, kit.release, kit.v2, "2")
+    outcome = apply.apply(system.root, [str(deb)], paths=kernel.paths, syscalls=kernel)
+    assert outcome.snapshot == 4 and outcome.replaced == ("amber_lp_v1",)
+    assert sorted(p.name for p in livepatch_dir(system, 4, kit.release).iterdir()) == [
+        "amber_lp_v2.ko"]
+    assert not rpm_installed(system.snapshot(4), rpm_name(kit.release))
+    assert rpm_installed(system.snapshot(3), rpm_name(kit.release))
+    conf = (system.snapshot(4) / apply.DRACUT_CONF).read_text()
+    assert "amber_lp_v2" in conf and "amber_lp_v1" not in conf
+    assert active(kernel) == ["amber_lp_v2"] and "amber_lp_v1" not in kernel.loaded
+    st = status(system.root)
+    assert (st["default"], st["reboot_needed"]) == (4, False)
+
+    # Rollback to the booted snapshot: the running kernel stays patched; amber says so.
+    result = amber(system.root, "rollback", "2")
+    assert "stays patched with amber_lp_v2 until the next reboot" in result.stderr
+    assert "amber livepatch revert amber_lp_v2" in result.stderr
+    listing = amber(system.root, "livepatch", "list", "--json").stdout
+    assert '"next_boot": false' in listing and "is active now, but the next boot" in listing
+    # The revert path, without a reboot.
+    assert apply.revert(system.root, "amber_lp_v2", paths=kernel.paths,
+                        syscalls=kernel) == ["amber_lp_v2"]
+    assert active(kernel) == [] and kernel.loaded == []
+    assert status(system.root)["livepatch"]["drift"] == []
+
+
+def test_failed_load_withdraws_the_snapshot(system: System, kit: Kit, kernel: FakeKernel,
+                                            tmp_path: Path) -> None:
+    prepare(system, kit)
+    kernel.stall = True
+    with pytest.raises(AmberError) as failure:
+        apply.apply(system.root, [str(kit.v1)], timeout=0.5, paths=kernel.paths,
+                    syscalls=kernel)
+    assert failure.value.code == ExitCode.TRANSITION_TIMEOUT
+    assert "snapshot 3 was withdrawn, the default is 2 again" in (failure.value.hint or "")
+    assert numbers(system.root) == [1, 2]
+    assert Store(system.root).default() == 2
+    assert active(kernel) == [] and kernel.loaded == []
+    # --keep: the snapshot stays the default for the next boot, the kernel stays unpatched.
+    with pytest.raises(AmberError):
+        apply.apply(system.root, [str(kit.v1)], timeout=0.5, keep=True, paths=kernel.paths,
+                    syscalls=kernel)
+    assert Store(system.root).default() == 3
+    assert (livepatch_dir(system, 3, kit.release) / "amber_lp_v1.ko").read_bytes() == \
+        kit.v1.read_bytes()
+    assert status(system.root)["reboot_needed"] is True
+    assert active(kernel) == []
+
+
+def test_refusals_leave_everything_as_it_was(system: System, kit: Kit, kernel: FakeKernel,
+                                             tmp_path: Path) -> None:
+    prepare(system, kit)
+    env = {"AMBER_SYSFS": str(kernel.paths.sys), "AMBER_PROCFS": str(kernel.paths.proc),
+           "AMBER_KERNEL_RELEASE": kit.release}
+
+    def refused(*args: str, code: ExitCode, sentence: str,
+                extra_env: dict[str, str] | None = None) -> None:
+        result = amber(system.root, "livepatch", "apply", *args, check=False,
+                       env={**env, **(extra_env or {})})
+        assert result.returncode == code, result.stderr
+        assert sentence in result.stderr and "hint:" in result.stderr
+        assert numbers(system.root) == [1, 2] and Store(system.root).default() == 2
+        assert active(kernel) == [] and kernel.loaded == []
+
+    refused(str(kit.plain), code=ExitCode.INCOMPATIBLE, sentence="is not a live patch")
+    other = build.other_release(kit.release)
+    refused(str(kit.v1), code=ExitCode.INCOMPATIBLE, sentence=f"not for {other}",
+            extra_env={"AMBER_KERNEL_RELEASE": other})
+    elsewhere = build.with_vermagic_release(kit.v1, tmp_path / "amber_lp_v1.ko", kit.release,
+                                            other)
+    refused(str(build_livepatch_rpm(tmp_path, kit.release, elsewhere, "1")),
+            code=ExitCode.INCOMPATIBLE, sentence=f"built for kernel {other}")
+    refused(str(tmp_path / "missing.rpm"), code=ExitCode.NOT_FOUND, sentence="does not exist")
+    amber(system.root, "livepatch", "disable")
+    refused(str(kit.v1), code=ExitCode.LIVEPATCH_DISABLED,
+            sentence="live patching is disabled")
+    amber(system.root, "livepatch", "enable")
+
+    # A pending kernel update in the next boot's snapshot makes the patch useless after a
+    # reboot: refused, with --live-only offered.
+    amber(system.root, "run", "--", "sh", "-c",
+          f"mv /boot/vmlinuz-{kit.release} /boot/vmlinuz-{other} && "
+          f"mv /lib/modules/{kit.release} /lib/modules/{other}")
+    result = amber(system.root, "livepatch", "apply", str(kit.v1), check=False, env=env)
+    assert result.returncode == ExitCode.INCOMPATIBLE
+    assert f"snapshot 3, which boots next, has kernel {other}" in result.stderr
+    assert "--live-only" in result.stderr
+    assert numbers(system.root) == [1, 2, 3] and Store(system.root).default() == 3
+
+
+def test_no_initrd_generator_changes_nothing(system: System, kit: Kit,
+                                             kernel: FakeKernel) -> None:
+    prepare(system, kit, dracut=False)
+    with pytest.raises(AmberError) as failure:
+        apply.apply(system.root, [str(kit.v1)], paths=kernel.paths, syscalls=kernel)
+    assert failure.value.code == ExitCode.ENVIRONMENT
+    assert "no initrd generator" in failure.value.message
+    assert numbers(system.root) == [1, 2] and Store(system.root).default() == 2
+    assert active(kernel) == []
+
+
+def test_live_only_and_next_boot(system: System, kit: Kit, kernel: FakeKernel) -> None:
+    prepare(system, kit)
+    outcome = apply.apply(system.root, [str(kit.v1)], mode="live-only", paths=kernel.paths,
+                          syscalls=kernel)
+    assert outcome.snapshot is None and active(kernel) == ["amber_lp_v1"]
+    assert numbers(system.root) == [1, 2]
+    drift = status(system.root)["livepatch"]["drift"]
+    assert [d["resolve"] for d in drift] == [
+        "amber livepatch revert amber_lp_v1 (unload it now), or apply it again to keep it"]
+    apply.revert(system.root, "amber_lp_v1", paths=kernel.paths, syscalls=kernel)
+
+    outcome = apply.apply(system.root, [str(kit.v2)], mode="next-boot", paths=kernel.paths,
+                          syscalls=kernel)
+    assert (outcome.snapshot, outcome.loaded) == (3, False)
+    assert active(kernel) == []
+    st = status(system.root)
+    assert st["reboot_needed"] is True
+    assert "loads live patch amber_lp_v2, but the running kernel does not have it" in \
+        st["livepatch"]["drift"][0]["warning"]
+    assert os.path.exists(system.snapshot(3) / "usr/lib/modules" / kit.release /
+                          "livepatch/amber_lp_v2.ko")
