@@ -1,0 +1,110 @@
+"""The pieces of `amber livepatch apply` that need no btrfs: sources, the initrd configuration
+of dracut and initramfs-tools, the next boot's kernel, the initrd listing, drift sentences."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from amber.livepatch import apply
+from amber.log import AmberError, ExitCode
+from tests.livepatch_packages import build_livepatch_deb, build_livepatch_rpm, rpm_name
+from tests.unit.conftest import Modules
+
+
+def test_package_files_are_unpacked_on_the_host(modules: Modules, tmp_path: Path) -> None:
+    rpm = build_livepatch_rpm(tmp_path, modules.release, modules.v1, "1")
+    deb = build_livepatch_deb(tmp_path, modules.release, modules.v2, "2")
+    for i, (package, module, name) in enumerate(
+            ((rpm, modules.v1, rpm_name(modules.release)),
+             (deb, modules.v2, f"amber-livepatch-{modules.release}"))):
+        source = apply.resolve(Path("/"), str(package), tmp_path / f"work{i}")
+        assert source.package == name
+        assert [m.name for m in source.modules] == [module.name]
+        assert source.modules[0].read_bytes() == module.read_bytes()
+        assert f"lib/modules/{modules.release}/livepatch/" in str(source.modules[0])
+
+
+def test_bad_sources_are_refused(tmp_path: Path) -> None:
+    empty = build_livepatch_deb(tmp_path, "6.1.0-1-amd64", Path(__file__), "1")
+    with pytest.raises(AmberError) as caught:
+        apply.resolve(Path("/"), str(empty), tmp_path / "work")
+    assert caught.value.code == ExitCode.INCOMPATIBLE
+    assert "contains no kernel module" in caught.value.message
+    with pytest.raises(AmberError) as caught:
+        apply.resolve(Path("/"), str(tmp_path / "nothing.ko"), tmp_path / "work2")
+    assert caught.value.code == ExitCode.NOT_FOUND
+    with pytest.raises(AmberError) as caught:
+        apply.resolve(Path("/"), "some/dir/file.txt", tmp_path / "work3")
+    assert caught.value.code == ExitCode.USAGE
+
+
+def test_dracut_config_lists_only_the_newest(tmp_path: Path) -> None:
+    apply.configure_initrd(tmp_path, "dracut", "amber_lp_v1", [])
+    assert apply.initrd_patches(tmp_path) == ["amber_lp_v1"]
+    apply.configure_initrd(tmp_path, "dracut", "amber_lp_v2", ["amber_lp_v1"])
+    assert apply.initrd_patches(tmp_path) == ["amber_lp_v2"]
+    assert 'force_drivers+=" amber_lp_v2 "' in (tmp_path / apply.DRACUT_CONF).read_text()
+
+
+def test_initramfs_tools_modules_keep_the_admins_lines(tmp_path: Path) -> None:
+    modules = tmp_path / apply.INITRAMFS_MODULES
+    modules.parent.mkdir(parents=True)
+    modules.write_text("# the admin's modules\nvirtio_blk\n")
+    apply.configure_initrd(tmp_path, "update-initramfs", "amber_lp_v1", [])
+    apply.configure_initrd(tmp_path, "update-initramfs", "amber_lp_v2", ["amber_lp_v1"])
+    assert modules.read_text() == ("# the admin's modules\nvirtio_blk\n"
+                                   f"{apply.INITRAMFS_MARKER}\namber_lp_v2\n")
+    assert apply.initrd_patches(tmp_path) == ["amber_lp_v2"]
+
+
+def test_boot_kernel_follows_the_vmlinuz_link(tmp_path: Path) -> None:
+    for release in ("6.1.0-9-amd64", "6.1.0-10-amd64"):
+        (tmp_path / "boot").mkdir(exist_ok=True)
+        (tmp_path / f"boot/vmlinuz-{release}").write_text("")
+        (tmp_path / f"usr/lib/modules/{release}").mkdir(parents=True)
+    assert apply.boot_kernel(tmp_path) == "6.1.0-10-amd64"  # the newest, by version
+    (tmp_path / "vmlinuz").symlink_to("boot/vmlinuz-6.1.0-9-amd64")
+    assert apply.boot_kernel(tmp_path) == "6.1.0-9-amd64"
+    assert apply.boot_kernel(tmp_path / "nothing") is None
+
+
+def test_initrd_listing_skips_the_early_cpio(tmp_path: Path) -> None:
+    """An early (uncompressed) cpio, then a zstd-compressed one, as dracut writes them."""
+    early, main = tmp_path / "early", tmp_path / "main"
+    (early / "kernel/x86/microcode").mkdir(parents=True)
+    (early / "kernel/x86/microcode/GenuineIntel.bin").write_bytes(b"\x01" * 1001)
+    (main / "usr/lib/modules/6.1/livepatch").mkdir(parents=True)
+    (main / "usr/lib/modules/6.1/livepatch/amber_lp_v2.ko").write_bytes(b"x")
+
+    def cpio(folder: Path) -> bytes:
+        names = subprocess.run(["find", "."], cwd=folder, capture_output=True,
+                               check=True).stdout
+        return subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=folder, input=names,
+                              capture_output=True, check=True).stdout
+
+    compressed = subprocess.run(["zstd", "-q", "-c"], input=cpio(main), capture_output=True,
+                                check=True).stdout
+    head = cpio(early)
+    image = tmp_path / "initrd.img"
+    image.write_bytes(head + b"\0" * 512 + compressed)
+    assert apply.main_archive_offset(image.read_bytes()) == len(head) + 512
+    listing = apply.list_initrd(image)
+    assert listing is not None
+    assert "usr/lib/modules/6.1/livepatch/amber_lp_v2.ko" in listing.splitlines()
+
+
+def test_drift_sentences_name_the_command() -> None:
+    active_only = apply.PatchView("amber_lp_v2", active=True, booted=True, next_boot=False,
+                                  in_initrd=None)
+    warning, resolve = active_only.drift(1) or ("", "")
+    assert "active now, but the next boot (snapshot 1) does not load it" in warning
+    assert resolve.startswith("amber livepatch revert amber_lp_v2")
+    next_only = apply.PatchView("amber_lp_v2", active=False, booted=False, next_boot=True,
+                                in_initrd=True, next_file="/.snapshots/3/snapshot/x.ko")
+    warning, resolve = next_only.drift(3) or ("", "")
+    assert "does not have it" in warning
+    assert resolve == "amber livepatch load /.snapshots/3/snapshot/x.ko, or reboot"
+    assert apply.PatchView("a", True, True, True, True).drift(2) is None
