@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-APT = ["apt-get", "-y", "-o", "Dpkg::Options::=--force-confdef",
+APT = ["apt-get", "-q", "-y", "-o", "Dpkg::Options::=--force-confdef",
        "-o", "Dpkg::Options::=--force-confold"]
 
 
