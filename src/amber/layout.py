@@ -18,10 +18,10 @@ from pathlib import Path
 from amber import btrfs
 from amber.log import die
 from amber.run import run
+from amber.snapshots import SHARED_SUBVOLUMES as SHARED_SUBVOLUMES  # re-exported
 from amber.snapshots import Snapshot, Store, now_utc
 
 CONTAINER = "@"
-SHARED_SUBVOLUMES = ("var", "home", "root", "opt", "srv", "usr/local")
 # (path inside the root, where it lives inside the snapshot)
 PACKAGE_DATABASES = (
     ("var/lib/dpkg", "usr/lib/sysimage/dpkg"),

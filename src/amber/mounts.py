@@ -18,11 +18,11 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
-from amber.layout import SHARED_SUBVOLUMES
 from amber.log import debug
+from amber.snapshots import SHARED_SUBVOLUMES
 
 CLONE_NEWNS = 0x00020000
 MS_NOSUID = 2
@@ -42,8 +42,7 @@ BASE_ENV = {
 }
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(NamedTuple):
     source: str
     target: str  # relative to the chroot
     fstype: str | None
@@ -167,12 +166,13 @@ def run_in_chroot(
             if not interactive:
                 os.setpgid(0, 0)  # its own process group, so that stopping it stops everything
             _setup_namespace(chroot, mounts, resolv)
+            program = _find_program(chroot, argv[0], environment["PATH"])
             os.chroot(chroot)
             os.chdir("/")
             if not interactive:
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.execvpe(argv[0], list(argv), environment)
+            os.execve(program, list(argv), environment)
         except FileNotFoundError:
             print(f"amber: {argv[0]}: command not found in the snapshot", file=sys.stderr)
             os._exit(127)
@@ -180,6 +180,19 @@ def run_in_chroot(
             print(f"amber: cannot enter the snapshot: {e}", file=sys.stderr)
             os._exit(126)
     return _wait_for_child(pid, interactive)
+
+
+def _find_program(chroot: Path, name: str, search_path: str) -> str:
+    """The program's path inside the chroot, looked up before entering it: after chroot the
+    host's Python library is out of reach, so os.execvpe's own lookup must not run there."""
+    if "/" in name:
+        return name
+    for directory in search_path.split(":"):
+        candidate = chroot / directory.lstrip("/") / name
+        # A link may be absolute inside the chroot; it resolves correctly once we are in.
+        if candidate.is_symlink() or (candidate.is_file() and os.access(candidate, os.X_OK)):
+            return f"{directory}/{name}"
+    raise FileNotFoundError(name)
 
 
 def _wait_for_child(pid: int, interactive: bool) -> int:

@@ -7,31 +7,36 @@ read as they are, and the ones amber writes are listed by snapper.
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import os
 import re
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from amber import btrfs
 from amber.log import AmberError, ExitCode, die
 
+# Writable subvolumes under @ shared by every snapshot (the layout is described in layout.py).
+SHARED_SUBVOLUMES = ("var", "home", "root", "opt", "srv", "usr/local")
 IN_PROGRESS_KEY = "transactional-update-in-progress"
 PINNED_KEY = "pinned"
 IMPORTANT_KEY = "important"
 _SNAPSHOT_PATH = re.compile(r"(?:^|/)\.snapshots/(\d+)/snapshot$")
 
 
-@dataclass(frozen=True)
-class Snapshot:
+_NO_USERDATA: Mapping[str, str] = {}
+
+
+class Snapshot(NamedTuple):
+    """A snapshot's metadata (immutable; a NamedTuple because it is cheap to import)."""
+
     number: int
     date: str  # UTC, "YYYY-MM-DD HH:MM:SS" as snapper writes it
     description: str = ""
     type: str = "single"
     cleanup: str = ""
-    userdata: Mapping[str, str] = field(default_factory=dict)
+    userdata: Mapping[str, str] = _NO_USERDATA
     pre_num: int | None = None
     uid: int | None = None
 
@@ -55,7 +60,7 @@ class Snapshot:
                 data.pop(key, None)
             else:
                 data[key] = value
-        return dataclasses.replace(self, userdata=data)
+        return self._replace(userdata=data)
 
 
 def escape(text: str) -> str:
@@ -63,7 +68,7 @@ def escape(text: str) -> str:
 
 
 def now_utc() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
 
 
 def render_info(snapshot: Snapshot) -> str:
@@ -85,39 +90,71 @@ def render_info(snapshot: Snapshot) -> str:
     return "\n".join(lines) + "\n"
 
 
+# snapper's info.xml is flat: <tag>text</tag> lines and <userdata> pairs. Files of that shape
+# (all of snapper's, kiwi's and amber's) are read with a regex; anything else goes to a real
+# XML parser.
+_SIMPLE_INFO = re.compile(
+    r"\s*(?:<\?xml[^>]*\?>\s*)?<snapshot>((?:\s*<(\w+)>[^<]*</\2>"
+    r"|\s*<userdata>\s*<key>[^<]*</key>\s*<value>[^<]*</value>\s*</userdata>)*)"
+    r"\s*</snapshot>\s*")
+_SIMPLE_FIELD = re.compile(r"<(\w+)>([^<]*)</\1>|<userdata>\s*<key>([^<]*)</key>\s*"
+                           r"<value>([^<]*)</value>\s*</userdata>")
+_ENTITIES = {"&lt;": "<", "&gt;": ">", "&amp;": "&", "&quot;": '"', "&apos;": "'"}
+
+
+def _unescape(text: str) -> str:
+    if "&" not in text:
+        return text
+    return re.sub(r"&(?:lt|gt|amp|quot|apos);", lambda m: _ENTITIES[m.group(0)], text)
+
+
+def _from_fields(fields: Mapping[str, str], userdata: dict[str, str], where: str) -> Snapshot:
+    try:
+        number = int(fields.get("num", ""))
+    except ValueError:
+        die(f"{where} has no valid <num>", hint="fix or remove the file")
+    pre = fields.get("pre_num", "")
+    uid = fields.get("uid", "")
+    return Snapshot(
+        number=number,
+        date=fields.get("date", ""),
+        description=fields.get("description", ""),
+        type=fields.get("type") or "single",
+        cleanup=fields.get("cleanup", ""),
+        userdata=userdata,
+        pre_num=int(pre) if pre.isdigit() else None,
+        uid=int(uid) if uid.isdigit() else None,
+    )
+
+
 def parse_info(text: str, where: str = "info.xml") -> Snapshot:
+    simple = _SIMPLE_INFO.fullmatch(text)
+    if simple and "&#" not in text:
+        fields: dict[str, str] = {}
+        userdata: dict[str, str] = {}
+        for m in _SIMPLE_FIELD.finditer(simple.group(1)):
+            if m.group(1):
+                fields[m.group(1)] = _unescape(m.group(2).strip())
+            elif m.group(3).strip():
+                userdata[_unescape(m.group(3).strip())] = _unescape(m.group(4).strip())
+        return _from_fields(fields, userdata, where)
+    return _parse_info_xml(text, where)
+
+
+def _parse_info_xml(text: str, where: str) -> Snapshot:
     import xml.etree.ElementTree as ET
 
     try:
         doc = ET.fromstring(text)
     except ET.ParseError as e:
         die(f"{where} is not valid XML: {e}", hint="fix or remove the file", code=ExitCode.ERROR)
-
-    def text_of(tag: str) -> str:
-        node = doc.find(tag)
-        return (node.text or "").strip() if node is not None else ""
-
-    try:
-        number = int(text_of("num"))
-    except ValueError:
-        die(f"{where} has no valid <num>", hint="fix or remove the file")
+    fields = {child.tag: (child.text or "").strip() for child in doc if child.tag != "userdata"}
     userdata: dict[str, str] = {}
     for item in doc.findall("userdata"):
         key = item.findtext("key")
-        if key:
+        if key and key.strip():
             userdata[key.strip()] = (item.findtext("value") or "").strip()
-    pre = text_of("pre_num")
-    uid = text_of("uid")
-    return Snapshot(
-        number=number,
-        date=text_of("date"),
-        description=text_of("description"),
-        type=text_of("type") or "single",
-        cleanup=text_of("cleanup"),
-        userdata=userdata,
-        pre_num=int(pre) if pre.isdigit() else None,
-        uid=int(uid) if uid.isdigit() else None,
-    )
+    return _from_fields(fields, userdata, where)
 
 
 def snapshot_number_of(subvolume_path: str) -> int | None:

@@ -14,9 +14,8 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from amber import btrfs, log
 from amber.log import AmberError, ExitCode, die
@@ -26,8 +25,7 @@ LOCK_NAME = ".amber.lock"
 STATE_NAME = ".amber-state.json"
 
 
-@dataclass(frozen=True)
-class Options:
+class Options(NamedTuple):
     root: Path
     base: str | None = None  # None: the booted snapshot; "default"; or a number
     description: str | None = None
@@ -35,19 +33,15 @@ class Options:
     wait: bool = False
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     number: int | None  # None when the snapshot was dropped
     base: int
     description: str
     dropped: bool = False
-    steps: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {"snapshot": self.number, "base": self.base, "description": self.description,
-                "dropped": self.dropped, "default": self.number if not self.dropped else None,
-                **self.extra}
+                "dropped": self.dropped, "default": self.number if not self.dropped else None}
 
     def summary(self) -> str:
         if self.dropped:
@@ -195,14 +189,14 @@ def checkpoint(name: str) -> None:
 
 # ---- a transaction -----------------------------------------------------------------------------
 
-@dataclass
 class Chroot:
     """What the steps of a transaction work with."""
 
-    store: Store
-    number: int
-    base: int
-    binds: tuple[tuple[Path, str], ...] = ()
+    def __init__(self, store: Store, number: int, base: int):
+        self.store = store
+        self.number = number
+        self.base = base
+        self.binds: tuple[tuple[Path, str], ...] = ()
 
     @property
     def path(self) -> Path:
@@ -219,10 +213,10 @@ class Chroot:
         status = mounts.run_in_chroot(self.path, self.root, argv, env=env,
                                       interactive=interactive, binds=self.binds)
         if status != 0 and check:
-            from amber.run import command_line
+            import shlex
 
             raise AmberError(
-                f"{step} failed: '{command_line(argv)}' exited with status {status} "
+                f"{step} failed: '{shlex.join(argv)}' exited with status {status} "
                 f"in snapshot {self.number}",
                 hint=f"the snapshot was discarded; the default is unchanged. To look around, "
                      f"'amber shell' opens a new snapshot of {self.base}",
@@ -343,7 +337,7 @@ def abort(store: Store, number: int) -> None:
 # ---- the changes a transaction can make ---------------------------------------------------------
 
 def run_command(options: Options, command: Sequence[str]) -> Result:
-    from amber.run import command_line
+    from shlex import join as command_line
 
     def steps(chroot: Chroot) -> None:
         log.step(f"running {command_line(command)}")

@@ -10,8 +10,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_ruff() -> None:
-    result = subprocess.run([sys.executable, "-m", "ruff", "check", "src", "tests", "tools"],
-                            cwd=REPO, capture_output=True, text=True)
+    paths = ["src", "tests", "tools", "bench"]
+    result = subprocess.run([sys.executable, "-m", "ruff", "check", *paths], cwd=REPO,
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
