@@ -111,6 +111,7 @@ def test_refusals_change_nothing(story_vm: VM, files: dict[str, str]) -> None:
 def test_apply_reboot_replace_rollback(story_vm: VM, files: dict[str, str]) -> None:
     vm = story_vm
     release = vm.kernel_release()
+    vm.exec(["amber", "livepatch", "enable"])
     original = cmdline(vm)
     assert MARKER not in original and amber_status(vm)["booted"] == 1
 
