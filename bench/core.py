@@ -410,6 +410,10 @@ def bench(runs: int, warmup: int, cleanup_runs: int, seed: int, where: Path) -> 
                 "≤ 1.2×", 1.2),
             Row(f"floor (btrfs alone), {LARGE} vs {SMALL} snapshots", floor_large, floor, "-",
                 None),
+            # btrfs's own snapshot cost grows with the number of subvolumes; what amber adds
+            # on top of it at 1,000 snapshots is this row.
+            Row(f"no-op transaction ({LARGE} snapshots) vs floor ({LARGE})", run_large,
+                floor_large, "≤ 1.2×", 1.2),
             Row(f"snapshots --json ({LARGE}) vs btrfs subvolume list", listing, subvols, "-",
                 None),
             Row(f"cleanup --keep {KEEP} of {LARGE} (s: {clean.median / 1000:.2f})", clean,
