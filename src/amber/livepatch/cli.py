@@ -258,8 +258,19 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from amber.livepatch import apply
 
     mode = "next-boot" if args.next_boot else "live-only" if args.live_only else "now"
-    outcome = apply.apply(args.root, args.sources, mode=mode, keep=args.keep,
-                          timeout=args.timeout, base=args.base, wait=args.wait)
+    # Package managers in the snapshot write to stdout; with --json it holds only the JSON.
+    saved = os.dup(1) if args.json else None
+    if saved is not None:
+        sys.stdout.flush()
+        os.dup2(2, 1)
+    try:
+        outcome = apply.apply(args.root, args.sources, mode=mode, keep=args.keep,
+                              timeout=args.timeout, base=args.base, wait=args.wait)
+    finally:
+        if saved is not None:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
     if args.json:
         _print_json(outcome.as_json())
     return 0
