@@ -146,3 +146,15 @@ def generation(path: Path) -> int:
     bu = _btrfsutil()
     info = _call("reading subvolume info", path, lambda: bu.subvolume_info(str(path)))
     return int(info.generation)
+
+
+def subvolumes_below(path: Path) -> dict[str, bool]:
+    """Every subvolume below path (relative path → read-only), from one search of the tree
+    instead of a call per subvolume."""
+    bu = _btrfsutil()
+
+    def collect() -> dict[str, bool]:
+        with bu.SubvolumeIterator(str(path), info=True) as subvolumes:
+            return {name: bool(info.flags & 1) for name, info in subvolumes}
+
+    return _call("listing subvolumes", path, collect)

@@ -218,6 +218,15 @@ class Store:
     def list(self) -> list[Snapshot]:
         return [self.get(n) for n in self.numbers() if self.exists(n)]
 
+    def read_only_flags(self) -> dict[int, bool]:
+        """Snapshot number → read-only, for every snapshot subvolume in the store."""
+        flags = {}
+        for name, read_only in btrfs.subvolumes_below(self.dir).items():
+            number, _, rest = name.partition("/")
+            if rest == "snapshot" and number.isdigit():
+                flags[int(number)] = read_only
+        return flags
+
     def booted(self) -> int | None:
         """The snapshot the system root is mounted from."""
         return snapshot_number_of(btrfs.subvolume_path(self.root))

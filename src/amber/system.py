@@ -3,9 +3,8 @@ delete, cleanup."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from amber import log
 from amber.log import ExitCode, die
@@ -21,14 +20,13 @@ def store(root: Path) -> Store:
 
 # ---- status ------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Status:
+class Status(NamedTuple):
     root: str
     booted: int | None
     default: int | None
     in_progress: list[int]
     interrupted: list[int]
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any]
     # The live patch, active now, that is the only change from booted to default.
     covered_by_livepatch: str | None = None
 
@@ -112,8 +110,7 @@ def _recover_if_possible(s: Store) -> list[int] | None:
 
 # ---- listing -----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Row:
+class Row(NamedTuple):
     snapshot: Snapshot
     read_only: bool
     default: bool
@@ -130,8 +127,8 @@ class Row:
 def snapshot_rows(root: Path) -> list[Row]:
     s = store(root)
     booted, default = s.booted(), s.default()
-    return [Row(snap, s.is_read_only(snap.number), snap.number == default,
-                snap.number == booted) for snap in s.list()]
+    flags = s.read_only_flags()
+    return [Row(s.get(n), flags[n], n == default, n == booted) for n in s.numbers() if n in flags]
 
 
 def render_snapshot_table(rows: list[Row]) -> str:
