@@ -148,8 +148,11 @@ def render_fstab(fs_uuid: str) -> str:
     lines = ["# Written by amber image build. / is the default subvolume, mounted read-only.",
              f"{source} / btrfs ro 0 0",
              f"{source} /.snapshots btrfs subvol={layout.CONTAINER}/.snapshots 0 0"]
+    # With / read-only, the first writable mount switches the filesystem to read-write; two
+    # such mounts at once can fail (seen as a failed home.mount), so /.snapshots goes first.
+    after = "x-systemd.requires-mounts-for=/.snapshots"
     for name in layout.SHARED_SUBVOLUMES:
-        lines.append(f"{source} /{name} btrfs subvol={layout.CONTAINER}/{name} 0 0")
+        lines.append(f"{source} /{name} btrfs subvol={layout.CONTAINER}/{name},{after} 0 0")
     lines.append("tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0")
     return "\n".join(lines) + "\n"
 

@@ -51,7 +51,8 @@ def test_fstab_mounts_root_read_only_without_subvol() -> None:
     assert by_place["/.snapshots"][3] == "subvol=@/.snapshots"
     for name in layout.SHARED_SUBVOLUMES:
         assert by_place[f"/{name}"][0] == f"UUID={UUID}"
-        assert by_place[f"/{name}"][3] == f"subvol=@/{name}"
+        assert by_place[f"/{name}"][3].split(",") == [
+            f"subvol=@/{name}", "x-systemd.requires-mounts-for=/.snapshots"]
     assert by_place["/tmp"][2] == "tmpfs"
 
 
