@@ -331,8 +331,21 @@ def write_extra_file(rootfs: Path, extra: ExtraFile) -> None:
     target.chmod(extra.mode)
 
 
+# The first initrd is generic: it was built before the image knew its machine. Later ones are
+# regenerated on the booted system (amber initrd, live patches), which dracut can then inspect:
+# host-only and uncompressed, they take about a quarter of the time (54 s against ~230 s under
+# qemu's TCG).
+REGENERATE_CONF = """\
+# Written by amber image build: initrds regenerated on the running machine are host-only.
+hostonly="yes"
+compress="cat"
+"""
+REGENERATE_CONF_PATH = "etc/dracut.conf.d/20-amber-regenerate.conf"
+
+
 def configure(rootfs: Path, spec: ImageSpec, fs_uuid: str, info: dict[str, str]) -> None:
     (rootfs / "etc/fstab").write_text(render_fstab(fs_uuid))
+    (rootfs / REGENERATE_CONF_PATH).write_text(REGENERATE_CONF)
     (rootfs / "etc/hostname").write_text(f"{spec.hostname}\n")
     (rootfs / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {spec.hostname}\n")
     # A fixed machine id: with an empty one, systemd's first-boot logic wants a writable /etc.

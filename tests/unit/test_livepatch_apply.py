@@ -96,6 +96,29 @@ def test_initrd_listing_skips_the_early_cpio(tmp_path: Path) -> None:
     assert "usr/lib/modules/6.1/livepatch/amber_lp_v2.ko" in listing.splitlines()
 
 
+def test_initrd_listing_of_an_uncompressed_initrd(tmp_path: Path) -> None:
+    """compress="cat": the early cpio, then the main archive, both plain cpio."""
+    early, main = tmp_path / "early", tmp_path / "main"
+    (early / "early_cpio").parent.mkdir(parents=True, exist_ok=True)
+    (early / "early_cpio").write_text("1\n")
+    (main / "usr/lib/modules/6.1/livepatch").mkdir(parents=True)
+    (main / "usr/lib/modules/6.1/livepatch/amber_lp_v1.ko").write_bytes(b"x")
+
+    def cpio(folder: Path) -> bytes:
+        names = subprocess.run(["find", "."], cwd=folder, capture_output=True,
+                               check=True).stdout
+        return subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=folder, input=names,
+                              capture_output=True, check=True).stdout
+
+    head = cpio(early)
+    for data in (head + cpio(main), cpio(main)):
+        image = tmp_path / "initrd.img"
+        image.write_bytes(data)
+        listing = apply.list_initrd(image)
+        assert listing is not None
+        assert "usr/lib/modules/6.1/livepatch/amber_lp_v1.ko" in listing.splitlines()
+
+
 def test_drift_sentences_name_the_command() -> None:
     active_only = apply.PatchView("amber_lp_v2", active=True, booted=True, next_boot=False,
                                   in_initrd=None)

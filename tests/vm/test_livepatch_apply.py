@@ -9,6 +9,8 @@ enforces module signatures."""
 from __future__ import annotations
 
 import json
+import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,11 +83,22 @@ def loaded(vm: VM, module: str) -> bool:
 
 def initrd_force_drivers(vm: VM, snapshot: int, release: str) -> str:
     """The kernel command line files dracut wrote into the snapshot's initrd (force_drivers
-    becomes rd.driver.pre there), unpacked in the guest with dracut's skipcpio."""
+    becomes rd.driver.pre there), read on the host past dracut's early cpio, compressed or
+    not."""
+    from amber.livepatch import apply
+
     image = f"/.snapshots/{snapshot}/snapshot/boot/initrd.img-{release}"
-    script = ('/usr/lib/dracut/skipcpio "$1" | zstd -dc | '
-              "cpio -i --quiet --to-stdout 'etc/cmdline.d/*'")
-    return vm.exec(["sh", "-c", script, "sh", image]).out
+    with tempfile.TemporaryDirectory(prefix="amber-initrd-") as tmp:
+        local = Path(tmp) / "initrd.img"
+        vm.get(image, local)
+        data = local.read_bytes()
+        offset = apply.main_archive_offset(data)
+        command = next(c for magic, c in apply.DECOMPRESSORS.items()
+                       if data[offset:offset + len(magic)] == magic)
+        script = f'tail -c +{offset + 1} "$1" | {command} | cpio -i --quiet --to-stdout ' \
+                 "'etc/cmdline.d/*'"
+        return subprocess.run(["sh", "-c", script, "sh", str(local)], capture_output=True,
+                              text=True, check=True).stdout
 
 
 def assert_refused(vm: VM, argv: list[str], code: ExitCode, sentence: str) -> None:

@@ -543,8 +543,9 @@ DECOMPRESSORS = {b"\x28\xb5\x2f\xfd": "zstd -dc", b"\x1f\x8b": "gzip -dc",
 
 def main_archive_offset(data: bytes) -> int:
     """Where the main archive starts: after the uncompressed early cpio (microcode) that
-    dracut puts in front, and its zero padding."""
-    offset = 0
+    dracut puts in front, and its zero padding. An uncompressed initrd is all cpio: then the
+    main archive is the last one."""
+    offset = start = 0
     while data[offset:offset + 6] == b"070701":
         name_size = int(data[offset + 94:offset + 102], 16)
         file_size = int(data[offset + 54:offset + 62], 16)
@@ -554,8 +555,11 @@ def main_archive_offset(data: bytes) -> int:
         if name == b"TRAILER!!!":
             while offset < len(data) and data[offset] == 0:
                 offset += 1
+            if offset >= len(data):
+                return start
             if data[offset:offset + 6] != b"070701":
                 break
+            start = offset
     return offset
 
 
