@@ -41,7 +41,7 @@ def commands(snapshot: Path, releases: list[str] | None = None) -> list[list[str
         die(f"no kernel installed in {snapshot}", hint="install a kernel package first",
             code=ExitCode.ENVIRONMENT)
     if tool == "dracut":
-        return [["dracut", "--force", f"/boot/initrd.img-{r}", r] for r in wanted]
+        return [["dracut", "--quiet", "--force", f"/boot/initrd.img-{r}", r] for r in wanted]
     return [["update-initramfs", "-u", "-k", r] for r in wanted]
 
 

@@ -132,7 +132,8 @@ def test_rpm_then_deb_cumulative_replace(system: System, kit: Kit, kernel: FakeK
     conf = (snapshot / apply.DRACUT_CONF).read_text()
     assert 'force_drivers+=" amber_lp_v1 "' in conf
     initrd = (snapshot / "boot" / f"initrd.img-{kit.release}").read_text()
-    assert initrd.startswith(f"dracut --force /boot/initrd.img-{kit.release} {kit.release}")
+    assert initrd.startswith(f"dracut --quiet --force /boot/initrd.img-{kit.release} "
+                             f"{kit.release}")
     assert 'force_drivers+=" amber_lp_v1 "' in initrd
     assert btrfs.is_read_only(snapshot)
     info = Store(system.root).get(3).userdata
