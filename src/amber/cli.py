@@ -16,6 +16,7 @@ from amber import __version__, log
 from amber.log import AmberError, ExitCode
 
 Handler = Callable[[argparse.Namespace], int]
+Adder = Callable[[argparse.ArgumentParser], None]
 
 
 def print_json(value: Any) -> None:
@@ -183,9 +184,13 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=cmd_run)
 
 
-def _add_shell(p: argparse.ArgumentParser) -> None:
-    _transaction_args(p)
-    p.set_defaults(handler=cmd_shell)
+def _plain(handler: Handler, transaction: bool = False) -> Adder:
+    """A verb with only the common options (and the transaction options)."""
+    def add(p: argparse.ArgumentParser) -> None:
+        (_transaction_args if transaction else _common)(p)
+        p.set_defaults(handler=handler)
+
+    return add
 
 
 def _add_pkg(p: argparse.ArgumentParser) -> None:
@@ -194,26 +199,6 @@ def _add_pkg(p: argparse.ArgumentParser) -> None:
     p.add_argument("packages", nargs="+", metavar="PKG",
                    help="package names, or local .deb/.rpm files")
     p.set_defaults(handler=cmd_pkg)
-
-
-def _add_up(p: argparse.ArgumentParser) -> None:
-    _transaction_args(p)
-    p.set_defaults(handler=cmd_up)
-
-
-def _add_initrd(p: argparse.ArgumentParser) -> None:
-    _transaction_args(p)
-    p.set_defaults(handler=cmd_initrd)
-
-
-def _add_status(p: argparse.ArgumentParser) -> None:
-    _common(p)
-    p.set_defaults(handler=cmd_status)
-
-
-def _add_snapshots(p: argparse.ArgumentParser) -> None:
-    _common(p)
-    p.set_defaults(handler=cmd_snapshots)
 
 
 def _add_rollback(p: argparse.ArgumentParser) -> None:
@@ -253,14 +238,15 @@ def _add_diff(p: argparse.ArgumentParser) -> None:
 
 
 # verb, aliases, help, how to add its arguments
-VERBS: tuple[tuple[str, tuple[str, ...], str, Callable[[argparse.ArgumentParser], None]], ...] = (
+VERBS: tuple[tuple[str, tuple[str, ...], str, Adder], ...] = (
     ("run", (), "run a command in a new snapshot", _add_run),
-    ("shell", (), "open an interactive shell in a new snapshot", _add_shell),
+    ("shell", (), "open an interactive shell in a new snapshot",
+     _plain(cmd_shell, transaction=True)),
     ("pkg", (), "install, remove or update packages in a new snapshot", _add_pkg),
-    ("up", (), "update every package in a new snapshot", _add_up),
-    ("initrd", (), "regenerate the initrd in a new snapshot", _add_initrd),
-    ("status", (), "booted and default snapshot, pending reboot", _add_status),
-    ("snapshots", ("list",), "list snapshots", _add_snapshots),
+    ("up", (), "update every package in a new snapshot", _plain(cmd_up, transaction=True)),
+    ("initrd", (), "regenerate the initrd in a new snapshot", _plain(cmd_initrd, transaction=True)),
+    ("status", (), "booted and default snapshot, pending reboot", _plain(cmd_status)),
+    ("snapshots", ("list",), "list snapshots", _plain(cmd_snapshots)),
     ("rollback", (), "make an older snapshot the default for the next boot", _add_rollback),
     ("pin", (), "keep a snapshot from cleanup", _add_pin),
     ("unpin", (), "let cleanup remove it", _add_pin),

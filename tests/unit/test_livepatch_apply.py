@@ -71,6 +71,12 @@ def test_boot_kernel_follows_the_vmlinuz_link(tmp_path: Path) -> None:
     assert apply.boot_kernel(tmp_path / "nothing") is None
 
 
+def cpio(folder: Path) -> bytes:
+    names = subprocess.run(["find", "."], cwd=folder, capture_output=True, check=True).stdout
+    return subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=folder, input=names,
+                          capture_output=True, check=True).stdout
+
+
 def test_initrd_listing_skips_the_early_cpio(tmp_path: Path) -> None:
     """An early (uncompressed) cpio, then a zstd-compressed one, as dracut writes them."""
     early, main = tmp_path / "early", tmp_path / "main"
@@ -78,12 +84,6 @@ def test_initrd_listing_skips_the_early_cpio(tmp_path: Path) -> None:
     (early / "kernel/x86/microcode/GenuineIntel.bin").write_bytes(b"\x01" * 1001)
     (main / "usr/lib/modules/6.1/livepatch").mkdir(parents=True)
     (main / "usr/lib/modules/6.1/livepatch/amber_lp_v2.ko").write_bytes(b"x")
-
-    def cpio(folder: Path) -> bytes:
-        names = subprocess.run(["find", "."], cwd=folder, capture_output=True,
-                               check=True).stdout
-        return subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=folder, input=names,
-                              capture_output=True, check=True).stdout
 
     compressed = subprocess.run(["zstd", "-q", "-c"], input=cpio(main), capture_output=True,
                                 check=True).stdout
@@ -103,12 +103,6 @@ def test_initrd_listing_of_an_uncompressed_initrd(tmp_path: Path) -> None:
     (early / "early_cpio").write_text("1\n")
     (main / "usr/lib/modules/6.1/livepatch").mkdir(parents=True)
     (main / "usr/lib/modules/6.1/livepatch/amber_lp_v1.ko").write_bytes(b"x")
-
-    def cpio(folder: Path) -> bytes:
-        names = subprocess.run(["find", "."], cwd=folder, capture_output=True,
-                               check=True).stdout
-        return subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=folder, input=names,
-                              capture_output=True, check=True).stdout
 
     head = cpio(early)
     for data in (head + cpio(main), cpio(main)):
