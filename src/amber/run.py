@@ -24,7 +24,9 @@ class CommandFailed(AmberError):
         message = f"command failed with exit code {returncode}{place}: {shlex.join(argv)}"
         if tail:
             message += f" ({tail})"
-        super().__init__(message, hint=None, code=ExitCode.STEP_FAILED)
+        super().__init__(message, hint="run that command by hand to see all of its output; "
+                                       "'amber -v' prints every command it runs",
+                         code=ExitCode.STEP_FAILED)
 
 
 def command_line(argv: Sequence[str]) -> str:

@@ -315,6 +315,11 @@ def _timeout(text: str) -> float:
     return value
 
 
+def _timeout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout", type=_timeout, default=None, metavar="S",
+                        help="seconds to wait for the transition (default: transition_timeout)")
+
+
 def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> None:
     p = sub.add_parser("livepatch", help="inspect, load and apply kernel live patches")
     common(p)
@@ -339,8 +344,7 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
     v = verbs.add_parser("load", help="check and load a live patch into the running kernel")
     common(v)
     v.add_argument("file", type=Path, metavar="FILE")
-    v.add_argument("--timeout", type=_timeout, default=None, metavar="S",
-                   help="seconds to wait for the transition (default: transition_timeout)")
+    _timeout_option(v)
     v.add_argument("--force-transition", action="store_true",
                    help="on a stalled transition write 'force' instead of reversing (unsafe: "
                         "the module can never be unloaded)")
@@ -351,8 +355,7 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
     v.add_argument("name", nargs="?", default=None, metavar="NAME")
     v.add_argument("--replaced", action="store_true",
                    help="also remove every module that atomic replace left loaded")
-    v.add_argument("--timeout", type=_timeout, default=None, metavar="S",
-                   help="seconds to wait for the transition (default: transition_timeout)")
+    _timeout_option(v)
     v.set_defaults(handler=cmd_unload)
 
     v = verbs.add_parser("apply", help="install a live patch in a new snapshot (initrd "
@@ -372,16 +375,14 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
     v.add_argument("--base", default=None, metavar="N|booted|default",
                    help="the snapshot to start from (default: the next boot's, so that a "
                         "pending update is kept)")
-    v.add_argument("--timeout", type=_timeout, default=None, metavar="S",
-                   help="seconds to wait for the transition (default: transition_timeout)")
+    _timeout_option(v)
     v.set_defaults(handler=cmd_apply)
 
     v = verbs.add_parser("revert", help="disable and unload a live patch now (the snapshots "
                                         "stay as they are)")
     common(v)
     v.add_argument("name", metavar="NAME")
-    v.add_argument("--timeout", type=_timeout, default=None, metavar="S",
-                   help="seconds to wait for the transition (default: transition_timeout)")
+    _timeout_option(v)
     v.set_defaults(handler=cmd_revert)
 
     for verb, text in (("enable", "allow live patches to be loaded on this system"),
