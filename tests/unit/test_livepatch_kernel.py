@@ -35,6 +35,7 @@ class FakeKernel:
         self.stall = False
         self.loaded: list[str] = []
         self.targets: dict[str, str] = {}
+        self._freeing: list[tuple[str, int]] = []
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -87,8 +88,23 @@ class FakeKernel:
     def _run(self) -> None:
         while not self._stop.wait(0.02):
             with self._lock:
+                self._free_pending()
                 for name in list(self.targets):
                     self._step(name)
+
+    def _free_pending(self) -> None:
+        # As the kernel's free work item: after the transition has ended, first the sysfs
+        # directory goes (one tick later), then the module reference (another tick later).
+        pending, self._freeing = self._freeing, []
+        for name, stage in pending:
+            if stage == 0:
+                directory = self.paths.patch(name)
+                for child in directory.iterdir():
+                    child.unlink()
+                directory.rmdir()
+                self._freeing.append((name, 1))
+            else:
+                self._set_refcnt(name, 0)
 
     def _step(self, name: str) -> None:
         directory = self.paths.patch(name)
@@ -100,19 +116,13 @@ class FakeKernel:
             return
         (directory / "transition").write_text("0\n")
         if enabled == "0":
-            for child in directory.iterdir():
-                child.unlink()
-            directory.rmdir()
             del self.targets[name]
-            self._set_refcnt(name, 0)
+            self._freeing.append((name, 0))
             return
         for other in list(self.targets):  # atomic replace
             if other != name:
-                for child in self.paths.patch(other).iterdir():
-                    child.unlink()
-                self.paths.patch(other).rmdir()
                 del self.targets[other]
-                self._set_refcnt(other, 0)
+                self._freeing.append((other, 0))
 
     # -- the system calls --
     def finit_module(self, fd: int) -> None:

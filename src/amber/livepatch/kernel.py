@@ -504,6 +504,27 @@ def unload(paths: KernelPaths, name: str, waiting: Waiting, syscalls: Syscalls) 
     delete_module(name, syscalls)
 
 
+# The kernel frees replaced patches in a work item after the transition ends: for a moment
+# their sysfs directories remain and their modules are still referenced.
+REPLACE_GRACE = 2.0
+
+
+def settle_replaced(paths: KernelPaths, new: str, previous: Sequence[str],
+                    waiting: Waiting) -> None:
+    """After new's transition ended, wait (briefly) until the patches it replaced are gone.
+
+    Kernels before 6.11 do not say whether a patch replaces the others; a patch that stays past
+    the grace period was stacked, not replaced.
+    """
+    if _read(paths.patch(new) / "replace") == "0":
+        return
+    deadline = waiting.clock() + min(REPLACE_GRACE, waiting.timeout)
+    while any(paths.patch(name).is_dir() for name in previous if name != new):
+        if waiting.clock() >= deadline:
+            return
+        time.sleep(min(waiting.poll, 0.01))
+
+
 def cleanup_replaced(paths: KernelPaths, syscalls: Syscalls,
                      keep: Sequence[str] = ()) -> list[str]:
     """Unload live patch modules that atomic replace left loaded; returns their names."""
@@ -511,6 +532,9 @@ def cleanup_replaced(paths: KernelPaths, syscalls: Syscalls,
     for module in replaced_modules(paths):
         if module.name in keep:
             continue
+        deadline = time.monotonic() + REPLACE_GRACE
+        while (module_refcnt(paths, module.name) or 0) > 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
         delete_module(module.name, syscalls)
         removed.append(module.name)
     return removed
@@ -526,6 +550,7 @@ def load(path: Path, module: ModuleInfo, paths: KernelPaths, waiting: Waiting,
     """
     if module.name in {m.name for m in replaced_modules(paths)}:
         delete_module(module.name, syscalls)
+    previous = [p.name for p in patches(paths)]
     finit_module(path, module, syscalls)
     if not paths.patch(module.name).is_dir():
         die(f"{path}: loaded, but no live patch {module.name} appeared in sysfs",
@@ -533,10 +558,25 @@ def load(path: Path, module: ModuleInfo, paths: KernelPaths, waiting: Waiting,
     try:
         wait_transition(paths, module.name, True, waiting)
     except AmberError:
-        if not paths.patch(module.name).is_dir():
+        if _freed_after_reversal(paths, module.name):
             _remove_quietly(module.name, syscalls)
         raise
+    settle_replaced(paths, module.name, previous, waiting)
     return cleanup_replaced(paths, syscalls, keep=(module.name,))
+
+
+def _freed_after_reversal(paths: KernelPaths, name: str) -> bool:
+    """Whether a reversed patch's directory went and its module is no longer referenced
+    (the kernel frees both shortly after the reversal ends)."""
+    deadline = time.monotonic() + REPLACE_GRACE
+    directory = paths.patch(name)
+    while directory.is_dir() or (module_refcnt(paths, name) or 0) > 0:
+        still_reversing = _read(directory / "enabled") == "1" or _read(
+            directory / "transition") == "1"
+        if still_reversing or time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _remove_quietly(name: str, syscalls: Syscalls) -> None:
