@@ -5,8 +5,18 @@ missing prerequisite is a failure: a skipped real test is not a passing one."""
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# The tests test this checkout, whichever copy of amber pip installed last: in-process imports
+# and the `python -m amber.cli` the tests spawn both look in its src first.
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+if sys.path[0] != SRC:
+    sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [SRC, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
 
 
 def require(condition: bool, reason: str) -> None:

@@ -207,7 +207,8 @@ def _add_rollback(p: argparse.ArgumentParser) -> None:
                    help="snapshot number, or 'last' (the previous default); "
                         "without it: the booted snapshot")
     p.add_argument("--revert-livepatches", action="store_true",
-                   help="also unload live patches the target snapshot does not have")
+                   help="make the running kernel's live patches match the target now: "
+                        "load its live patch, or unload the ones it does not have")
     p.set_defaults(handler=cmd_rollback)
 
 

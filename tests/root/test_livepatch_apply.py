@@ -159,15 +159,23 @@ def test_rpm_then_deb_cumulative_replace(system: System, kit: Kit, kernel: FakeK
     st = status(system.root)
     assert (st["default"], st["reboot_needed"]) == (4, False)
 
+    # Rollback to snapshot 3 made real in the running kernel (--revert-livepatches): its v1
+    # replaces v2, and v2 is unloaded.
+    amber(system.root, "rollback", "3")
+    assert apply.revert_for_rollback(system.root, 3, True, kernel.paths,
+                                     kernel) == ["amber_lp_v2"]
+    assert active(kernel) == ["amber_lp_v1"] and kernel.loaded == ["amber_lp_v1"]
+    assert status(system.root)["livepatch"]["drift"] == []
+
     # Rollback to the booted snapshot: the running kernel stays patched; amber says so.
     result = amber(system.root, "rollback", "2")
-    assert "stays patched with amber_lp_v2 until the next reboot" in result.stderr
-    assert "amber livepatch revert amber_lp_v2" in result.stderr
+    assert "stays patched with amber_lp_v1 until the next reboot" in result.stderr
+    assert "amber livepatch revert amber_lp_v1" in result.stderr
     listing = amber(system.root, "livepatch", "list", "--json").stdout
     assert '"next_boot": false' in listing and "is active now, but the next boot" in listing
     # The revert path, without a reboot.
-    assert apply.revert(system.root, "amber_lp_v2", paths=kernel.paths,
-                        syscalls=kernel) == ["amber_lp_v2"]
+    assert apply.revert(system.root, "amber_lp_v1", paths=kernel.paths,
+                        syscalls=kernel) == ["amber_lp_v1"]
     assert active(kernel) == [] and kernel.loaded == []
     assert status(system.root)["livepatch"]["drift"] == []
 

@@ -164,15 +164,25 @@ def test_apply_reboot_replace_rollback(story_vm: VM, files: dict[str, str]) -> N
     assert "rd.driver.pre=amber_lp_v2" in force and "amber_lp_v1" not in force
     assert amber_status(vm)["reboot_needed"] is False
 
+    # Roll back to snapshot 2 and make the running kernel match it now: v1 replaces v2.
+    result = json.loads(vm.exec(["amber", "rollback", "2", "--revert-livepatches",
+                                 "--json"]).out)
+    assert (result["default"], result["reverted_livepatches"]) == (2, ["amber_lp_v2"])
+    assert cmdline(vm) == f"{original} {MARKER}v1" and not loaded(vm, "amber_lp_v2")
+    assert livepatch_view(vm)["drift"] == []
+
     # Roll back to the first snapshot: the running kernel stays patched until revert.
     result = vm.exec(["amber", "rollback", "1"])
-    assert "stays patched with amber_lp_v2 until the next reboot" in result.err
-    assert "amber livepatch revert amber_lp_v2" in result.err
+    assert "stays patched with amber_lp_v1 until the next reboot" in result.err
+    assert "amber livepatch revert amber_lp_v1" in result.err
     drift = livepatch_view(vm)["drift"]
     assert [d["resolve"].split()[:4] for d in drift] == [
-        ["amber", "livepatch", "revert", "amber_lp_v2"]]
-    vm.exec(["amber", "livepatch", "revert", "amber_lp_v2"])
-    assert cmdline(vm) == original and not loaded(vm, "amber_lp_v2")
+        ["amber", "livepatch", "revert", "amber_lp_v1"]]
+    result = json.loads(vm.exec(["amber", "rollback", "1", "--revert-livepatches",
+                                 "--json"]).out)
+    assert result["reverted_livepatches"] == ["amber_lp_v1"]
+    assert cmdline(vm) == original and not loaded(vm, "amber_lp_v1")
+    assert livepatch_view(vm)["drift"] == []
 
     vm.reboot()
     assert cmdline(vm) == original
