@@ -3,6 +3,8 @@
 The modules (C sources next to this file):
 - amber_lp_v1, amber_lp_v2: cumulative live patches with atomic replace; /proc/cmdline ends in
   "amber-livepatch-v1" or "amber-livepatch-v2" while they are active;
+- amber_lp_stall: a live patch of pause(2) whose transition stalls while a task sleeps in
+  pause() (up to the kernel's fake signal, about 15 s later);
 - amber_plain: an ordinary module, not a live patch.
 
 They are built with kbuild against /usr/src/linux-headers-<release> (installed with apt when
@@ -21,8 +23,9 @@ from pathlib import Path
 from amber.run import run
 
 SOURCE_DIR = Path(__file__).resolve().parent
-SOURCES = ("Makefile", "amber_lp_common.h", "amber_lp_v1.c", "amber_lp_v2.c", "amber_plain.c")
-MODULES = ("amber_lp_v1", "amber_lp_v2", "amber_plain")
+SOURCES = ("Makefile", "amber_lp_common.h", "amber_lp_v1.c", "amber_lp_v2.c", "amber_lp_stall.c",
+           "amber_plain.c")
+MODULES = ("amber_lp_v1", "amber_lp_v2", "amber_lp_stall", "amber_plain")
 SIGNATURE_MARKER = b"~Module signature appended~\n"
 PKEY_ID_PKCS7 = 2
 

@@ -30,6 +30,7 @@ def guest_modules(vm: VM, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
         "v1": built["amber_lp_v1"],
         "v2": built["amber_lp_v2"],
         "plain": built["amber_plain"],
+        "stall": built["amber_lp_stall"],
         "v1.xz": build.compress_xz(built["amber_lp_v1"], local / "amber_lp_v1.ko.xz"),
         "elsewhere": build.with_vermagic_release(
             built["amber_lp_v1"], local / "elsewhere.ko", release, build.other_release(release)),
@@ -79,6 +80,29 @@ def test_load_replace_unload(vm: VM, guest_modules: dict[str, str]) -> None:
     assert cmdline(vm) == original
     assert not module_loaded(vm, "amber_lp_v2")
     assert livepatch_json(vm, "list") == {"patches": [], "replaced": []}
+
+
+def test_stalled_transition_is_reversed(vm: VM, guest_modules: dict[str, str]) -> None:
+    """A task asleep in pause() holds up a patch of pause(2): a real stalled transition. amber
+    gives up after --timeout, reverses it, unloads the module and names the task."""
+    pid = vm.exec(["sh", "-c", "python3 -c 'import signal; signal.pause()' >/dev/null 2>&1 & "
+                   "echo $!"]).out.strip()
+    try:
+        result = vm.exec(["amber", "livepatch", "load", guest_modules["stall"], "--timeout",
+                          "4"], check=False)
+        assert result.code == ExitCode.TRANSITION_TIMEOUT, result.err
+        assert "did not finish in 4 s and was reversed" in result.err
+        assert f"python3 (pid {pid})" in result.err
+        assert not module_loaded(vm, "amber_lp_stall")
+        assert livepatch_json(vm, "list") == {"patches": [], "replaced": []}
+        assert "unpatching complete" in vm.exec(["dmesg"]).out
+    finally:
+        vm.exec(["sh", "-c", f"kill {pid}"], check=False)
+    # Nothing is left behind: with the sleeper gone the same module loads and unloads.
+    vm.exec(["amber", "livepatch", "load", guest_modules["stall"], "--timeout", "30"])
+    assert livepatch_json(vm, "status")["state"] == "ready"
+    vm.exec(["amber", "livepatch", "unload", "amber_lp_stall"])
+    assert not module_loaded(vm, "amber_lp_stall")
 
 
 def test_compressed_module_loads(vm: VM, guest_modules: dict[str, str]) -> None:
