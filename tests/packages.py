@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import textwrap
@@ -79,3 +80,18 @@ def build_rpm(out_dir: Path, name: str, version: str, files: dict[str, str],
     rpms = list((top / "RPMS").rglob("*.rpm"))
     assert len(rpms) == 1, rpms
     return rpms[0]
+
+
+def write_apt_index(repository: Path) -> Path:
+    """A flat apt repository in `repository` (`deb [trusted=yes] file:/... ./`): its Packages
+    index lists every .deb in it, with the fields apt needs to fetch and verify them."""
+    entries = []
+    for deb in sorted(repository.glob("*.deb")):
+        control = subprocess.run(["dpkg-deb", "--field", str(deb)], check=True,
+                                 capture_output=True, text=True).stdout.rstrip("\n")
+        data = deb.read_bytes()
+        entries.append(f"{control}\nFilename: ./{deb.name}\nSize: {len(data)}\n"
+                       f"SHA256: {hashlib.sha256(data).hexdigest()}\n")
+    index = repository / "Packages"
+    index.write_text("\n".join(entries))
+    return index

@@ -4,7 +4,6 @@ imported inside the verbs so that `amber status` starts fast."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -17,11 +16,6 @@ from amber.log import AmberError, ExitCode
 
 Handler = Callable[[argparse.Namespace], int]
 Adder = Callable[[argparse.ArgumentParser], None]
-
-
-def print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=False)
-    sys.stdout.write("\n")
 
 
 # ---- transactions --------------------------------------------------------------------------
@@ -40,7 +34,7 @@ def _transaction_options(args: argparse.Namespace) -> Any:
 
 def _report_transaction(args: argparse.Namespace, result: Any) -> int:
     if args.json:
-        print_json(result.as_json())
+        log.print_json(result.as_json())
     else:
         log.info(result.summary())
     return 0
@@ -90,7 +84,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     status = system.status(args.root)
     if args.json:
-        print_json(status.as_json())
+        log.print_json(status.as_json())
     else:
         print(status.render())
     return 0
@@ -101,7 +95,7 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 
     rows = system.snapshot_rows(args.root)
     if args.json:
-        print_json([row.as_json() for row in rows])
+        log.print_json([row.as_json() for row in rows])
     else:
         print(system.render_snapshot_table(rows))
     return 0
@@ -113,7 +107,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     result = system.rollback(args.root, args.target, revert_livepatches=args.revert_livepatches,
                              wait=args.wait)
     if args.json:
-        print_json(result)
+        log.print_json(result)
     return 0
 
 
@@ -136,7 +130,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
     removed = system.cleanup(args.root, keep=args.keep, wait=args.wait)
     if args.json:
-        print_json({"removed": removed})
+        log.print_json({"removed": removed})
     return 0
 
 
@@ -146,7 +140,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     a, b = system.resolve_pair(args.root, args.a, args.b)
     changes = packages.diff(system.store(args.root).path(a), system.store(args.root).path(b))
     if args.json:
-        print_json(changes.as_json())
+        log.print_json(changes.as_json())
     else:
         print(changes.render(a, b))
     return 0
@@ -342,6 +336,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM takes the same clean path as Ctrl-C: the transaction is rolled back.
     signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
+        if getattr(args, "json", False):
+            with log.JsonOutput():
+                return int(args.handler(args))
         return int(args.handler(args))
     except AmberError as e:
         log.error(e)

@@ -10,7 +10,7 @@ from typing import Any
 
 def cmd_image_build(args: argparse.Namespace) -> int:
     from amber import image
-    from amber.cli import print_json
+    from amber.log import print_json
 
     spec = image.ImageSpec(size=image.parse_size(args.size),
                            include=image.parse_packages(args.include),

@@ -6,6 +6,7 @@ one line that says what to do, and an exit code that scripts can tell apart.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import sys
@@ -88,3 +89,43 @@ def error(err: AmberError) -> None:
     print(_color("31", f"error: {err.message}"), file=sys.stderr, flush=True)
     if err.hint:
         print(f"  hint: {err.hint}", file=sys.stderr, flush=True)
+
+
+# ---- JSON output ---------------------------------------------------------------------------
+
+_json_fd: int | None = None
+
+
+class JsonOutput:
+    """With --json, stdout carries the JSON document only: while the command runs, file
+    descriptor 1 points at stderr, so that what package managers and scripts in the chroot
+    print goes there; print_json writes to the real stdout kept aside."""
+
+    def __enter__(self) -> JsonOutput:
+        global _json_fd
+        sys.stdout.flush()
+        _json_fd = os.dup(1)
+        os.dup2(2, 1)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        global _json_fd
+        if _json_fd is None:
+            return
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()
+        os.dup2(_json_fd, 1)
+        os.close(_json_fd)
+        _json_fd = None
+
+
+def print_json(value: object) -> None:
+    import json
+
+    text = json.dumps(value, indent=2) + "\n"
+    if _json_fd is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    with open(_json_fd, "w", closefd=False) as out:
+        out.write(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from amber import btrfs
-from tests.packages import build_deb, build_rpm
+from tests.packages import build_deb, build_rpm, write_apt_index
 from tests.root.conftest import System
 from tests.root.helpers import (
     AMBER,
@@ -208,3 +209,40 @@ def test_initrd_without_generator_is_a_clear_error(system: System) -> None:
     assert result.returncode == 8
     assert "no initrd generator" in result.stderr and "hint:" in result.stderr
     assert numbers(system.root) == [1]
+
+
+def test_install_by_name_and_up_from_an_apt_repository(system: System) -> None:
+    """Real apt against a local repository: `pkg install NAME` and `up` (apt-get update +
+    full-upgrade) in the snapshot, the repository in the shared /srv."""
+    repository = system.root / "srv/repository"
+    repository.mkdir()
+    build_deb(repository, "amber-hello", "1.0", {"/usr/share/amber-hello/version": "1.0\n"})
+    write_apt_index(repository)
+    amber(system.root, "run", "--", "sh", "-c",
+          "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*; echo 'deb [trusted=yes] "
+          "file:/srv/repository ./' > /etc/apt/sources.list.d/amber-test.list; apt-get update")
+    amber(system.root, "pkg", "install", "--continue", "amber-hello")
+    assert (system.snapshot(3) / "usr/share/amber-hello/version").read_text() == "1.0\n"
+
+    build_deb(repository, "amber-hello", "2.0", {"/usr/share/amber-hello/version": "2.0\n"})
+    write_apt_index(repository)
+    result = amber(system.root, "up", "--continue", "--json")
+    assert json.loads(result.stdout)["snapshot"] == 4
+    assert (system.snapshot(4) / "usr/share/amber-hello/version").read_text() == "2.0\n"
+    assert (system.snapshot(3) / "usr/share/amber-hello/version").read_text() == "1.0\n"
+    diff = amber(system.root, "diff", "3", "4", "--json").stdout
+    assert '"amber-hello"' in diff and '"1.0"' in diff and '"2.0"' in diff
+
+    # Nothing left to upgrade: with --drop-if-no-change no snapshot is kept.
+    amber(system.root, "up", "--continue", "--drop-if-no-change")
+    assert numbers(system.root) == [1, 2, 3, 4] and status(system.root)["default"] == 4
+
+
+def test_json_output_is_only_json(system: System) -> None:
+    """What the command in the chroot prints goes to stderr with --json: stdout parses."""
+    result = amber(system.root, "run", "--json", "--", "sh", "-c",
+                   "echo from-the-chroot; echo on-stderr >&2; touch /etc/amber-json-test")
+    assert json.loads(result.stdout)["snapshot"] == 2
+    assert "from-the-chroot" in result.stderr and "on-stderr" in result.stderr
+    result = amber(system.root, "run", "--", "echo", "from-the-chroot")
+    assert result.stdout == "from-the-chroot\n"

@@ -9,17 +9,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
-def _print_json(value: Any) -> None:
-    import json
-
-    json.dump(value, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+from amber import log
 
 
 def running_release() -> str:
@@ -94,7 +88,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         info = module.read(path)
         results.append(inspect_json(info, str(signature.verdict(info, trusted)), release))
     if args.json:
-        _print_json(results)
+        log.print_json(results)
     else:
         print("\n\n".join(render_inspect(r) for r in results))
     return 0
@@ -111,7 +105,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     enabled = config.load(args.root).livepatch.enabled
     seen = _view(args.root, paths)
     if args.json:
-        _print_json({**facts.as_json(), "amber_enabled": enabled, **_view_json(seen)})
+        log.print_json({**facts.as_json(), "amber_enabled": enabled, **_view_json(seen)})
         return 0
     taint = kernel.decode_taint(facts.taint)
     print(f"state:                 {facts.state}")
@@ -151,7 +145,6 @@ def _view_json(seen: Any) -> dict[str, Any]:
 
 
 def _print_view(seen: Any) -> None:
-    from amber import log
 
     if seen is None:
         return
@@ -170,7 +163,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         # The view only when some snapshot or the kernel has a patch: scripts that compare
         # the output of an unpatched system keep seeing the two lists alone.
-        _print_json({"patches": [kernel.patch_json(p) for p in found],
+        log.print_json({"patches": [kernel.patch_json(p) for p in found],
                      "replaced": [kernel.replaced_json(m) for m in replaced],
                      **(_view_json(seen) if seen is not None and seen.patches else {})})
         return 0
@@ -191,7 +184,6 @@ def cmd_list(args: argparse.Namespace) -> int:
 # ---- load and unload ----------------------------------------------------------------------
 
 def _waiting(args: argparse.Namespace, default_timeout: float) -> Any:
-    from amber import log
     from amber.livepatch import kernel
 
     def progress(count: int) -> None:
@@ -203,7 +195,7 @@ def _waiting(args: argparse.Namespace, default_timeout: float) -> Any:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
-    from amber import config, log
+    from amber import config
     from amber.livepatch import kernel
 
     settings = config.load(args.root).livepatch
@@ -220,7 +212,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     for leftover in removed:
         log.info(f"unloaded replaced live patch {leftover}")
     if args.json:
-        _print_json({"loaded": name, "verdict": str(checked.verdict), "removed": removed,
+        log.print_json({"loaded": name, "verdict": str(checked.verdict), "removed": removed,
                      "warnings": list(checked.warnings)})
     else:
         log.info(f"live patch {name} is applied")
@@ -228,7 +220,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_unload(args: argparse.Namespace) -> int:
-    from amber import config, log
+    from amber import config
     from amber.livepatch import kernel
 
     paths = kernel.KernelPaths.from_environment()
@@ -245,7 +237,7 @@ def cmd_unload(args: argparse.Namespace) -> int:
     if args.replaced:
         unloaded += kernel.cleanup_replaced(paths, syscalls)
     if args.json:
-        _print_json({"unloaded": unloaded})
+        log.print_json({"unloaded": unloaded})
     else:
         for name in unloaded:
             log.info(f"unloaded {name}")
@@ -258,38 +250,26 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from amber.livepatch import apply
 
     mode = "next-boot" if args.next_boot else "live-only" if args.live_only else "now"
-    # Package managers in the snapshot write to stdout; with --json it holds only the JSON.
-    saved = os.dup(1) if args.json else None
-    if saved is not None:
-        sys.stdout.flush()
-        os.dup2(2, 1)
-    try:
-        outcome = apply.apply(args.root, args.sources, mode=mode, keep=args.keep,
-                              timeout=args.timeout, base=args.base, wait=args.wait)
-    finally:
-        if saved is not None:
-            sys.stdout.flush()
-            os.dup2(saved, 1)
-            os.close(saved)
+    outcome = apply.apply(args.root, args.sources, mode=mode, keep=args.keep,
+                          timeout=args.timeout, base=args.base, wait=args.wait)
     if args.json:
-        _print_json(outcome.as_json())
+        log.print_json(outcome.as_json())
     return 0
 
 
 def cmd_revert(args: argparse.Namespace) -> int:
-    from amber import log
     from amber.livepatch import apply
 
     removed = apply.revert(args.root, args.name, timeout=args.timeout)
     if args.json:
-        _print_json({"unloaded": removed})
+        log.print_json({"unloaded": removed})
     else:
         log.info(f"live patch {args.name} is reverted in the running kernel")
     return 0
 
 
 def cmd_enable(args: argparse.Namespace) -> int:
-    from amber import config, log
+    from amber import config
 
     enable = args.livepatch_verb == "enable"
     config.save_state(args.root, "livepatch_enabled", enable)
@@ -299,7 +279,7 @@ def cmd_enable(args: argparse.Namespace) -> int:
         log.info("live patching is disabled; patches already loaded stay until unloaded "
                  "or the next reboot")
     if args.json:
-        _print_json({"enabled": enable})
+        log.print_json({"enabled": enable})
     return 0
 
 
