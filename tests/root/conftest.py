@@ -21,6 +21,8 @@ from tests.conftest import require
 CACHE = Path(os.environ.get("AMBER_TEST_CACHE", "/var/tmp/amber-test-cache"))
 SUITE = "bookworm"
 INCLUDE = ("rpm",)
+# A second system whose initrd generator is Debian's default, initramfs-tools (with kmod).
+INCLUDE_INITRAMFS_TOOLS = (*INCLUDE, "initramfs-tools", "kmod")
 IMAGE_SIZE = "3G"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,21 +38,21 @@ def _prerequisites() -> None:
     require(shutil.which("mmdebstrap") is not None, "root tests need mmdebstrap")
 
 
-def debian_tarball() -> Path:
-    key = _key(SUITE, "apt", *INCLUDE)
+def debian_tarball(include: tuple[str, ...] = INCLUDE) -> Path:
+    key = _key(SUITE, "apt", *include)
     tarball = CACHE / f"debian-{SUITE}-{key}.tar"
     if tarball.exists():
         return tarball
     CACHE.mkdir(parents=True, exist_ok=True)
     partial = tarball.with_suffix(".partial.tar")
-    subprocess.run(["mmdebstrap", "--quiet", "--variant=apt", f"--include={','.join(INCLUDE)}",
+    subprocess.run(["mmdebstrap", "--quiet", "--variant=apt", f"--include={','.join(include)}",
                     SUITE, str(partial)], check=True, stdin=subprocess.DEVNULL)
     partial.rename(tarball)
     return tarball
 
 
-def pristine_image() -> Path:
-    tarball = debian_tarball()
+def pristine_image(include: tuple[str, ...] = INCLUDE) -> Path:
+    tarball = debian_tarball(include)
     layout_hash = hashlib.sha256((REPO / "src/amber/layout.py").read_bytes()).hexdigest()
     key = _key(tarball.name, IMAGE_SIZE, layout_hash)
     image = CACHE / f"root-{key}.img"
@@ -100,6 +102,17 @@ def pristine() -> Path:
 
 @pytest.fixture
 def system(pristine: Path, tmp_path: Path) -> Iterator[System]:
+    yield from booted_like(pristine, tmp_path)
+
+
+@pytest.fixture
+def initramfs_tools_system(tmp_path: Path) -> Iterator[System]:
+    _prerequisites()
+    yield from booted_like(pristine_image(INCLUDE_INITRAMFS_TOOLS), tmp_path)
+
+
+def booted_like(pristine: Path, tmp_path: Path) -> Iterator[System]:
+    """A copy of pristine on its own loop device, mounted as a booted system sees it."""
     image = tmp_path / "root.img"
     subprocess.run(["cp", "--sparse=always", str(pristine), str(image)], check=True)
     device = attach(image)

@@ -11,7 +11,9 @@ configuration dracut would read into the "initrd" file, so the tests see what am
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +71,7 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> Kit:
         (folder / deb.name).symlink_to(deb)
     build_deb(folder, "amber-test-kernel", "1.0", {
         f"/boot/vmlinuz-{release}": "not a kernel: amber's root tests\n",
+        f"/boot/config-{release}": "CONFIG_RD_GZIP=y\nCONFIG_RD_ZSTD=y\n",  # for initramfs-tools
         f"/lib/modules/{release}/modules.order": "",
         f"/lib/modules/{release}/modules.builtin": "",
     })
@@ -276,3 +279,53 @@ def test_live_only_and_next_boot(system: System, kit: Kit, kernel: FakeKernel) -
         st["livepatch"]["drift"][0]["warning"]
     assert os.path.exists(system.snapshot(3) / "usr/lib/modules" / kit.release /
                           "livepatch/amber_lp_v2.ko")
+
+
+def test_initramfs_tools_loads_the_patch_from_its_initrd(initramfs_tools_system: System, kit: Kit,
+                                                         kernel: FakeKernel,
+                                                         tmp_path: Path) -> None:
+    """Debian's default generator, for real: update-initramfs builds the snapshot's initrd with
+    the live patch in it and in conf/modules (loaded before the root is mounted)."""
+    system = initramfs_tools_system
+    prepare(system, kit, dracut=False)
+    deb = build_livepatch_deb(tmp_path, kit.release, kit.v1, "1")
+    outcome = apply.apply(system.root, [str(deb)], paths=kernel.paths, syscalls=kernel)
+    assert (outcome.snapshot, outcome.loaded) == (3, True)
+    snapshot = system.snapshot(3)
+    assert apply.initrd_patches(snapshot) == ["amber_lp_v1"]
+    assert initramfs_files(snapshot, kit.release)["conf/modules"].count("amber_lp_v1") == 1
+    assert any(p.endswith("livepatch/amber_lp_v1.ko") for p in initramfs_files(
+        snapshot, kit.release))
+    view = apply.view(system.root, kernel.paths).patches
+    assert [(p.name, p.next_boot, p.in_initrd) for p in view] == [("amber_lp_v1", True, True)]
+
+    outcome = apply.apply(system.root, [str(kit.v2)], paths=kernel.paths, syscalls=kernel)
+    assert (outcome.snapshot, outcome.replaced) == (4, ("amber_lp_v1",))
+    files = initramfs_files(system.snapshot(4), kit.release)
+    assert "amber_lp_v2" in files["conf/modules"] and "amber_lp_v1" not in files["conf/modules"]
+    assert [p for p in files if p.endswith(".ko") and "amber_lp" in p] == [
+        f"usr/lib/modules/{kit.release}/livepatch/amber_lp_v2.ko"]
+    # The older snapshot's initrd is untouched: rollback boots v1 again.
+    assert "amber_lp_v1" in initramfs_files(snapshot, kit.release)["conf/modules"]
+
+
+def initramfs_files(snapshot: Path, release: str) -> dict[str, str]:
+    """The initrd's main archive unpacked (path → text of the small files, "" for the rest)."""
+    image = snapshot / "boot" / f"initrd.img-{release}"
+    data = image.read_bytes()
+    offset = apply.main_archive_offset(data)
+    command = next(c for magic, c in apply.DECOMPRESSORS.items()
+                   if data[offset:offset + len(magic)] == magic)
+    out = Path(tempfile.mkdtemp(prefix="amber-initrd-"))
+    try:
+        subprocess.run(["sh", "-c", f'tail -c +{offset + 1} "$1" | {command} | '
+                        "cpio -id --quiet --no-absolute-filenames", "sh", str(image)],
+                       cwd=out, check=True, capture_output=True)
+        files = {}
+        for path in out.rglob("*"):
+            if path.is_file() and not path.is_symlink():
+                text = path.read_text(errors="replace") if path.stat().st_size < 65536 else ""
+                files[str(path.relative_to(out))] = text
+        return files
+    finally:
+        shutil.rmtree(out)
