@@ -23,6 +23,8 @@ SUITE = "bookworm"
 INCLUDE = ("rpm",)
 # A second system whose initrd generator is Debian's default, initramfs-tools (with kmod).
 INCLUDE_INITRAMFS_TOOLS = (*INCLUDE, "initramfs-tools", "kmod")
+# And one with SUSE's package manager (Debian packages it), so that zypper runs for real.
+INCLUDE_ZYPPER = (*INCLUDE, "zypper")
 IMAGE_SIZE = "3G"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -109,6 +111,12 @@ def system(pristine: Path, tmp_path: Path) -> Iterator[System]:
 def initramfs_tools_system(tmp_path: Path) -> Iterator[System]:
     _prerequisites()
     yield from booted_like(pristine_image(INCLUDE_INITRAMFS_TOOLS), tmp_path)
+
+
+@pytest.fixture
+def zypper_system(tmp_path: Path) -> Iterator[System]:
+    _prerequisites()
+    yield from booted_like(pristine_image(INCLUDE_ZYPPER), tmp_path)
 
 
 def booted_like(pristine: Path, tmp_path: Path) -> Iterator[System]:
