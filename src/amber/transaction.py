@@ -12,7 +12,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -207,12 +207,13 @@ class Chroot:
         return self.store.root
 
     def run(self, argv: Sequence[str], *, step: str, interactive: bool = False,
-            env: dict[str, str] | None = None, check: bool = True) -> int:
+            env: dict[str, str] | None = None, check: bool = True,
+            success: Collection[int] = (0,)) -> int:
         from amber import mounts
 
         status = mounts.run_in_chroot(self.path, self.root, argv, env=env,
                                       interactive=interactive, binds=self.binds)
-        if status != 0 and check:
+        if status not in success and check:
             import shlex
 
             raise AmberError(
@@ -369,9 +370,12 @@ def run_packages(options: Options, action: str, names: Sequence[str]) -> Result:
         with chroot.host_files(files) as inside:
             mapping = dict(zip([str(f) for f in files], inside, strict=True))
             arguments = [mapping.get(n, n) for n in names]
+            notes = packages.success_notes(chroot.path)
             for argv in packages.commands(chroot.path, action, arguments):
                 log.step(f"{action}: {' '.join(argv)}")
-                chroot.run(argv, step=f"package {action}")
+                status = chroot.run(argv, step=f"package {action}", success={0, *notes})
+                if status in notes:
+                    log.warn(notes[status])
 
     label = "amber up" if action == "up" else f"amber pkg {action} {' '.join(names)}"
     return execute(options, steps, label)

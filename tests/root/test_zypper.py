@@ -4,6 +4,7 @@ plain directory of .rpm files in the shared /srv, with the rpm database in the s
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -41,6 +42,9 @@ def test_zypper_install_up_remove(zypper_system: System, tmp_path: Path) -> None
     # amber up: zypper update in a new snapshot; the older one keeps 1.0.
     shutil.copy(build_rpm(tmp_path, "amber-hello", "2.0",
                           {"/usr/share/amber-hello/version": "2.0\n"}), repository)
+    # zypper sees a plain directory change by its time stamp, to the second: publish later.
+    later = repository.stat().st_mtime + 2
+    os.utime(repository, (later, later))
     outcome = json.loads(amber(system.root, "up", "--continue", "--json").stdout)
     assert (outcome["snapshot"], outcome["default"]) == (4, 4)
     assert (version_file(system, 3), version_file(system, 4)) == ("1.0\n", "2.0\n")

@@ -29,7 +29,9 @@ def test_zypper(tmp_path: Path) -> None:
     assert packages.commands(snap, "remove", ["vim"]) == [
         ["zypper", "--non-interactive", "remove", "vim"]]
     assert packages.commands(snap, "up", []) == [
+        ["zypper", "--non-interactive", "refresh"],
         ["zypper", "--non-interactive", "update", "--auto-agree-with-licenses"]]
+    assert set(packages.success_notes(snap)) == {102, 103, 106}
 
 
 def test_dnf5_preferred(tmp_path: Path) -> None:

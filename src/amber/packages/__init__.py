@@ -39,6 +39,15 @@ def detect(snapshot: Path) -> str:
         code=ExitCode.ENVIRONMENT)
 
 
+def success_notes(snapshot: Path) -> dict[int, str]:
+    """Exit statuses other than 0 that still mean success, with a note for the admin."""
+    if detect(snapshot) == "zypper":
+        from amber.packages import zypper
+
+        return dict(zypper.SUCCESS_NOTES)
+    return {}
+
+
 def commands(snapshot: Path, action: str, packages: Sequence[str]) -> list[list[str]]:
     """The commands that carry out `action` (install, remove, update, up) in the snapshot."""
     from amber.packages import apt, dnf, rpm, zypper

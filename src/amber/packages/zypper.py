@@ -6,6 +6,14 @@ from collections.abc import Sequence
 
 ZYPPER = ["zypper", "--non-interactive"]
 
+# zypper's informational exit codes that still mean the packages were installed (as
+# transactional-update counts them), with what the admin should know.
+SUCCESS_NOTES = {
+    102: "zypper says a reboot is needed for the update to take effect",
+    103: "zypper updated itself first; run 'amber up --continue' again for the remaining updates",
+    106: "zypper skipped repositories it could not refresh; their updates were not considered",
+}
+
 
 def _local_files(packages: Sequence[str]) -> list[str]:
     # A local .rpm named on the command line is the admin's own choice, as a local .deb is to
@@ -23,5 +31,7 @@ def commands(action: str, packages: Sequence[str]) -> list[list[str]]:
         return [[*ZYPPER, "update", "--auto-agree-with-licenses", *_local_files(packages),
                  *packages]]
     if action == "up":
-        return [[*ZYPPER, "update", "--auto-agree-with-licenses"]]
+        # Refresh first, as apt-get update does for apt: zypper's own auto-refresh is skipped
+        # for a while after the last one.
+        return [[*ZYPPER, "refresh"], [*ZYPPER, "update", "--auto-agree-with-licenses"]]
     raise ValueError(action)
