@@ -93,5 +93,10 @@ def write_apt_index(repository: Path) -> Path:
         entries.append(f"{control}\nFilename: ./{deb.name}\nSize: {len(data)}\n"
                        f"SHA256: {hashlib.sha256(data).hexdigest()}\n")
     index = repository / "Packages"
+    before = index.stat().st_mtime if index.exists() else 0.0
     index.write_text("\n".join(entries))
+    # apt's file: method takes an index with an unchanged time stamp (to the second) for the
+    # copy it has: a new index must be at least a second newer.
+    if index.stat().st_mtime < before + 1:
+        os.utime(index, (before + 1, before + 1))
     return index
