@@ -25,6 +25,7 @@ INCLUDE = ("rpm",)
 INCLUDE_INITRAMFS_TOOLS = (*INCLUDE, "initramfs-tools", "kmod")
 # And one with SUSE's package manager (Debian packages it), so that zypper runs for real.
 INCLUDE_ZYPPER = (*INCLUDE, "zypper")
+INCLUDE_DNF = (*INCLUDE, "dnf", "createrepo-c")
 IMAGE_SIZE = "3G"
 REPO = Path(__file__).resolve().parents[2]
 
@@ -117,6 +118,12 @@ def initramfs_tools_system(tmp_path: Path) -> Iterator[System]:
 def zypper_system(tmp_path: Path) -> Iterator[System]:
     _prerequisites()
     yield from booted_like(pristine_image(INCLUDE_ZYPPER), tmp_path)
+
+
+@pytest.fixture
+def dnf_system(tmp_path: Path) -> Iterator[System]:
+    _prerequisites()
+    yield from booted_like(pristine_image(INCLUDE_DNF), tmp_path)
 
 
 def booted_like(pristine: Path, tmp_path: Path) -> Iterator[System]:

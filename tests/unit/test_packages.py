@@ -1,5 +1,5 @@
-"""Which commands each package manager gets (dnf is tested by its argv only; apt, rpm and zypper
-also run for real in the root tests)."""
+"""Which commands each package manager gets (apt, rpm, zypper and dnf also run for real in the
+root tests)."""
 
 from __future__ import annotations
 
