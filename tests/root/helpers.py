@@ -56,3 +56,35 @@ def mounts_under(path: Path) -> list[str]:
     out = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True,
                          text=True).stdout.split()
     return [m for m in out if m.startswith(str(path) + "/.snapshots/")]
+
+
+def hello_version(system: Any, number: int) -> str:
+    """What /usr/share/amber-hello/version says in snapshot `number` ("" when absent)."""
+    path = system.snapshot(number) / "usr/share/amber-hello/version"
+    return str(path.read_text()) if path.exists() else ""
+
+
+def rpm_manager_story(system: Any, tmp_path: Path) -> None:
+    """The rest of a package manager's story, once snapshot 3 has amber-hello 1.0 and 2.0 is
+    published: amber up, diff, a local unsigned .rpm, a removal, a failure that changes nothing."""
+    from amber.log import ExitCode
+    from tests.packages import build_rpm
+
+    outcome = json.loads(amber(system.root, "up", "--continue", "--json").stdout)
+    assert (outcome["snapshot"], outcome["default"]) == (4, 4)
+    assert (hello_version(system, 3), hello_version(system, 4)) == ("1.0\n", "2.0\n")
+    diff = json.loads(amber(system.root, "diff", "3", "4", "--json").stdout)
+    assert diff["changed"] == [{"name": "rpm:amber-hello", "old": "1.0-1", "new": "2.0-1"}]
+
+    other = build_rpm(tmp_path / "other", "amber-other", "1.0", {"/usr/share/amber-other": "x"})
+    amber(system.root, "pkg", "install", "--continue", str(other))
+    assert rpm_installed(system.snapshot(5), "amber-other")
+    amber(system.root, "pkg", "remove", "--continue", "amber-hello")
+    assert not rpm_installed(system.snapshot(6), "amber-hello")
+    assert rpm_installed(system.snapshot(5), "amber-hello")
+
+    result = amber(system.root, "pkg", "install", "--continue", "amber-no-such-package",
+                   check=False)
+    assert result.returncode == ExitCode.STEP_FAILED
+    assert "package install failed" in result.stderr
+    assert numbers(system.root) == [1, 2, 3, 4, 5, 6] and status(system.root)["default"] == 6
