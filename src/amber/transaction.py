@@ -224,6 +224,21 @@ class Chroot:
                 code=ExitCode.STEP_FAILED)
         return status
 
+    def run_package_manager(self, action: str, arguments: Sequence[str], *, step: str,
+                            announce: str | None = None) -> None:
+        """The snapshot's package manager carries out action (install, remove, update, up);
+        its informational exit statuses (zypper's "reboot needed", ...) succeed with a
+        warning. announce: printed before each command, if given."""
+        from amber import packages
+
+        notes = packages.success_notes(self.path)
+        for argv in packages.commands(self.path, action, arguments):
+            if announce:
+                log.step(f"{announce}: {' '.join(argv)}")
+            status = self.run(argv, step=step, success={0, *notes})
+            if status in notes:
+                log.warn(notes[status])
+
     @contextmanager
     def host_files(self, files: Sequence[Path]) -> Iterator[list[str]]:
         """Make host files visible, read-only, at /run/amber/files in the chroot (a tmpfs
@@ -370,12 +385,8 @@ def run_packages(options: Options, action: str, names: Sequence[str]) -> Result:
         with chroot.host_files(files) as inside:
             mapping = dict(zip([str(f) for f in files], inside, strict=True))
             arguments = [mapping.get(n, n) for n in names]
-            notes = packages.success_notes(chroot.path)
-            for argv in packages.commands(chroot.path, action, arguments):
-                log.step(f"{action}: {' '.join(argv)}")
-                status = chroot.run(argv, step=f"package {action}", success={0, *notes})
-                if status in notes:
-                    log.warn(notes[status])
+            chroot.run_package_manager(action, arguments, step=f"package {action}",
+                                       announce=action)
 
     label = "amber up" if action == "up" else f"amber pkg {action} {' '.join(names)}"
     return execute(options, steps, label)

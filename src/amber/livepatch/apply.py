@@ -344,8 +344,7 @@ def install_steps(plan: Plan, timings: dict[str, float]) -> transaction.Steps:
         stale = sorted(owners(snapshot, list(previous.values())) - new_packages)
         if stale:
             log.step(f"removing the previous live patch package(s): {', '.join(stale)}")
-            for argv in packages.commands(snapshot, "remove", stale):
-                chroot.run(argv, step="removing the previous live patch")
+            chroot.run_package_manager("remove", stale, step="removing the previous live patch")
         for leftover in previous.values():
             if leftover.exists():  # a bare module installed by an earlier apply
                 log.step(f"removing the previous live patch module {leftover.name}")
@@ -370,9 +369,8 @@ def install_sources(chroot: transaction.Chroot, plan: Plan, release: str) -> Non
     package_files = [s.file for s in plan.sources if s.kind != "module"]
     if package_files:
         with chroot.host_files(package_files) as inside:
-            for argv in packages.commands(chroot.path, "install", inside):
-                log.step(f"installing: {' '.join(argv)}")
-                chroot.run(argv, step="installing the live patch package")
+            chroot.run_package_manager("install", inside, announce="installing",
+                                       step="installing the live patch package")
     for source in plan.sources:
         if source.kind == "module":
             target = modules_dir(chroot.path) / release / "livepatch" / source.file.name

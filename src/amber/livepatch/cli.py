@@ -145,7 +145,6 @@ def _view_json(seen: Any) -> dict[str, Any]:
 
 
 def _print_view(seen: Any) -> None:
-
     if seen is None:
         return
     for line in seen.render():
@@ -164,8 +163,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         # The view only when some snapshot or the kernel has a patch: scripts that compare
         # the output of an unpatched system keep seeing the two lists alone.
         log.print_json({"patches": [kernel.patch_json(p) for p in found],
-                     "replaced": [kernel.replaced_json(m) for m in replaced],
-                     **(_view_json(seen) if seen is not None and seen.patches else {})})
+                        "replaced": [kernel.replaced_json(m) for m in replaced],
+                        **(_view_json(seen) if seen is not None and seen.patches else {})})
         return 0
     if not found and not replaced:
         print("no live patches loaded")
@@ -213,7 +212,7 @@ def cmd_load(args: argparse.Namespace) -> int:
         log.info(f"unloaded replaced live patch {leftover}")
     if args.json:
         log.print_json({"loaded": name, "verdict": str(checked.verdict), "removed": removed,
-                     "warnings": list(checked.warnings)})
+                        "warnings": list(checked.warnings)})
     else:
         log.info(f"live patch {name} is applied")
     return 0
