@@ -20,19 +20,21 @@ from pathlib import Path
 
 import pytest
 
-from amber import btrfs, layout
+from amber import btrfs
 from amber.livepatch import apply
 from amber.livepatch import kernel as kernel_side
 from amber.log import AmberError, ExitCode
 from amber.snapshots import Store
+from testing import rootfs
+from testing.images import CACHE
+from testing.livepatch_packages import build_livepatch_deb, build_livepatch_rpm, rpm_name
+from testing.modules import build
+from testing.packages import build_deb
 from tests.conftest import require
-from tests.livepatch_packages import build_livepatch_deb, build_livepatch_rpm, rpm_name
-from tests.modules import build
-from tests.packages import build_deb
-from tests.root.conftest import CACHE, System
+from tests.root.conftest import System
 from tests.root.helpers import amber, numbers, rpm_installed, status
-from tests.unit.conftest import kernel_release_for_tests
-from tests.unit.test_livepatch_kernel import FakeKernel
+from tests.support.fake_kernel import FakeKernel
+from tests.support.modules import kernel_release_for_tests
 
 pytestmark = pytest.mark.root
 
@@ -87,8 +89,8 @@ def prepare(system: System, kit: Kit, dracut: bool = True) -> None:
     debs = [str(p) for p in sorted(kit.packages.glob("*.deb"))
             if dracut or "amber-test-dracut" not in p.name]
     amber(system.root, "pkg", "install", *debs)
-    layout.unmount_all(system.mounts)
-    system.mounts = layout.mount_root(system.device, system.root)
+    rootfs.unmount_all(system.mounts)
+    system.mounts = rootfs.mount_root(system.device, system.root)
     assert Store(system.root).booted() == 2
     amber(system.root, "livepatch", "enable")
 

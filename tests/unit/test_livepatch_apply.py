@@ -10,8 +10,8 @@ import pytest
 
 from amber.livepatch import apply
 from amber.log import AmberError, ExitCode
-from tests.livepatch_packages import build_livepatch_deb, build_livepatch_rpm, rpm_name
-from tests.unit.conftest import Modules
+from testing.livepatch_packages import build_livepatch_deb, build_livepatch_rpm, rpm_name
+from tests.support.modules import Modules
 
 
 def test_package_files_are_unpacked_on_the_host(modules: Modules, tmp_path: Path) -> None:

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from amber.livepatch import module, signature
 from amber.log import AmberError, ExitCode
-from tests.modules import build
-from tests.unit.conftest import Modules, SigningKey
+from testing.modules import build
+from tests.support.modules import Modules, SigningKey
 
 
 def modinfo(path: Path, field: str) -> list[str]:

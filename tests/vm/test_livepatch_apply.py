@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from amber.log import ExitCode
-from amber.vm import VM
-from tests.livepatch_packages import build_livepatch_deb, build_livepatch_rpm
-from tests.modules import build
+from testing.livepatch_packages import build_livepatch_deb, build_livepatch_rpm
+from testing.modules import build
+from testing.vm import VM
 from tests.vm.conftest import amber_status, booted_vm
 
 REPO = Path(__file__).resolve().parents[2]
