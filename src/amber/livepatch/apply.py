@@ -35,6 +35,7 @@ from amber.livepatch import kernel
 from amber.livepatch.module import ModuleInfo, module_name_from_path
 from amber.livepatch.module import read as read_module
 from amber.log import AmberError, ExitCode, die
+from amber.packages import database
 from amber.run import run
 from amber.snapshots import Store
 
@@ -96,19 +97,8 @@ def modules_in(tree: Path) -> list[Path]:
 def download(root: Path, name: str, dest: Path) -> Path:
     """A package from the system's repositories, fetched (not installed) for the preflight."""
     dest.mkdir(parents=True)
-    manager = packages.detect(root)
-    if manager == "apt":
-        run(["apt-get", "download", name], cwd=dest, capture=True,
-            where=f"while downloading {name}")
-    elif manager == "dnf":
-        run(["dnf", "download", "--destdir", dest, name], capture=True,
-            where=f"while downloading {name}")
-    elif manager == "zypper":
-        run(["zypper", "--non-interactive", "--pkg-cache-dir", dest, "download", name],
-            capture=True, where=f"while downloading {name}")
-    else:
-        die(f"cannot fetch package {name}: plain rpm has no repositories",
-            hint="pass the .rpm file instead", code=ExitCode.ENVIRONMENT)
+    argv = packages.detect(root).download(name, dest)
+    run(argv, cwd=dest, capture=True, where=f"while downloading {name}")
     files = sorted(p for p in dest.rglob("*") if p.name.endswith(packages.PACKAGE_SUFFIXES))
     if not files:
         die(f"the package manager fetched no package file for {name}",
@@ -197,27 +187,6 @@ def initrd_patches(snapshot: Path) -> list[str]:
         return [lines[i + 1].strip() for i, line in enumerate(lines[:-1])
                 if line == INITRAMFS_MARKER]
     return []
-
-
-def owners(snapshot: Path, files: Sequence[Path]) -> set[str]:
-    """The packages (dpkg or rpm) that installed these files of the snapshot."""
-    wanted: set[str] = set()
-    for f in files:
-        relative = "/" + str(f.relative_to(snapshot))
-        wanted |= {relative, relative.removeprefix("/usr")}
-    names: set[str] = set()
-    for info in ("usr/lib/sysimage/dpkg/info", "var/lib/dpkg/info"):
-        for listing in sorted((snapshot / info).glob("*.list")):
-            if wanted & set(listing.read_text(errors="replace").splitlines()):
-                names.add(listing.name.removesuffix(".list").partition(":")[0])
-    dbpath = snapshot / "usr/lib/sysimage/rpm"
-    if dbpath.is_dir() and shutil.which("rpm"):
-        for path in sorted(wanted):
-            result = run(["rpm", "--dbpath", dbpath, "-qf", "--qf", "%{NAME}\n", path],
-                         capture=True, check=False)
-            if result.returncode == 0:
-                names |= set(result.stdout.split())
-    return names
 
 
 # ---- preflight ----------------------------------------------------------------------------
@@ -341,7 +310,7 @@ def install_steps(plan: Plan, timings: dict[str, float]) -> transaction.Steps:
         generator = initrd.generator(snapshot)  # no generator: refuse before changing anything
         previous = {n: f for n, f in installed_patches(snapshot, release).items() if n != name}
         new_packages = {s.package for s in plan.sources if s.package}
-        stale = sorted(owners(snapshot, list(previous.values())) - new_packages)
+        stale = sorted(database.owners(snapshot, list(previous.values())) - new_packages)
         if stale:
             log.step(f"removing the previous live patch package(s): {', '.join(stale)}")
             chroot.run_package_manager("remove", stale, step="removing the previous live patch")
