@@ -25,6 +25,7 @@ from pathlib import Path
 
 import amber
 from amber import layout, log
+from amber.boot import kernels
 from amber.log import ExitCode, die
 from amber.run import run
 
@@ -194,15 +195,10 @@ def image_key(spec: ImageSpec, sources: str, amber_source: Path) -> str:
 
 def find_kernel_release(rootfs: Path) -> str:
     releases = sorted((p.name.removeprefix("vmlinuz-") for p in (rootfs / "boot").glob(
-        "vmlinuz-*")), key=_version_key)
+        "vmlinuz-*")), key=kernels.version_key)
     if not releases:
         die(f"no kernel in {rootfs}/boot", hint="the image must include linux-image-amd64")
     return releases[-1]
-
-
-def _version_key(release: str) -> list[tuple[int, str]]:
-    return [(int(part), "") if part.isdigit() else (-1, part)
-            for part in re.split(r"[.-]", release)]
 
 
 # ---- checks --------------------------------------------------------------------------------

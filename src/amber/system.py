@@ -80,9 +80,9 @@ def _livepatch_status(s: Store, booted: int | None, default: int | None
                       ) -> tuple[dict[str, Any], str | None]:
     """The live patch view, only where live patching is in play (a kernel that supports it, or
     a snapshot that carries a patch); its modules are imported only then."""
-    import os
+    from amber.boot import kernels
 
-    sysfs = Path(os.environ.get("AMBER_SYSFS", "/sys")) / "kernel/livepatch"
+    sysfs = kernels.livepatch_sysfs()
     numbers = {n for n in (booted, default) if n is not None and s.exists(n)}
     carries = any("livepatch" in s.get(n).userdata for n in numbers)  # apply.LIVEPATCH_KEY
     if not sysfs.is_dir() and not carries:
@@ -206,9 +206,9 @@ def rollback(root: Path, target: str | None, *, revert_livepatches: bool = False
 def _livepatches_after_rollback(root: Path, target: int, revert: bool) -> list[str]:
     """A rollback does not undo the running kernel: warn about its live patches that the
     target lacks, or with --revert-livepatches make the running kernel match the target."""
-    import os
+    from amber.boot import kernels
 
-    if not (Path(os.environ.get("AMBER_SYSFS", "/sys")) / "kernel/livepatch").is_dir():
+    if not kernels.livepatch_sysfs().is_dir():
         return []
     from amber.livepatch import apply
 

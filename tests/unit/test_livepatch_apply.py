@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from amber.boot import kernels
 from amber.livepatch import apply
 from amber.log import AmberError, ExitCode
 from testing.livepatch_packages import build_livepatch_deb, build_livepatch_rpm, rpm_name
@@ -65,10 +66,10 @@ def test_boot_kernel_follows_the_vmlinuz_link(tmp_path: Path) -> None:
         (tmp_path / "boot").mkdir(exist_ok=True)
         (tmp_path / f"boot/vmlinuz-{release}").write_text("")
         (tmp_path / f"usr/lib/modules/{release}").mkdir(parents=True)
-    assert apply.boot_kernel(tmp_path) == "6.1.0-10-amd64"  # the newest, by version
+    assert kernels.boot_kernel(tmp_path) == "6.1.0-10-amd64"  # the newest, by version
     (tmp_path / "vmlinuz").symlink_to("boot/vmlinuz-6.1.0-9-amd64")
-    assert apply.boot_kernel(tmp_path) == "6.1.0-9-amd64"
-    assert apply.boot_kernel(tmp_path / "nothing") is None
+    assert kernels.boot_kernel(tmp_path) == "6.1.0-9-amd64"
+    assert kernels.boot_kernel(tmp_path / "nothing") is None
 
 
 def cpio(folder: Path) -> bytes:

@@ -20,7 +20,6 @@ view), and reverting the patches a rollback target does not have.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -30,7 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amber import config, initrd, log, packages, transaction
+from amber import config, log, packages, transaction
+from amber.boot import initrd
+from amber.boot.kernels import boot_kernel, modules_dir, running_release
 from amber.livepatch import kernel
 from amber.livepatch.module import ModuleInfo, module_name_from_path
 from amber.livepatch.module import read as read_module
@@ -138,31 +139,6 @@ def resolve(root: Path, argument: str, work: Path) -> Source:
 
 # ---- kernels and snapshots ----------------------------------------------------------------
 
-def version_key(release: str) -> list[tuple[int, str]]:
-    import re
-
-    return [(int(part), "") if part.isdigit() else (-1, part)
-            for part in re.split(r"[.\-+~]", release)]
-
-
-def boot_kernel(snapshot: Path) -> str | None:
-    """The kernel release a snapshot boots: its /vmlinuz link (as the boot loader reads it),
-    else the newest installed kernel."""
-    for link in ("vmlinuz", "boot/vmlinuz"):
-        path = snapshot / link
-        if path.is_symlink():
-            name = Path(os.readlink(path)).name
-            if name.startswith("vmlinuz-"):
-                return name.removeprefix("vmlinuz-")
-    releases = initrd.kernels(snapshot)
-    return max(releases, key=version_key) if releases else None
-
-
-def modules_dir(snapshot: Path) -> Path:
-    merged = snapshot / "usr/lib/modules"
-    return merged if merged.is_dir() else snapshot / "lib/modules"
-
-
 def installed_patches(snapshot: Path, release: str) -> dict[str, Path]:
     """{module name: file} of the live patch modules in a snapshot for a kernel release."""
     directory = modules_dir(snapshot) / release / "livepatch"
@@ -203,10 +179,6 @@ class Plan:
     base_number: int | None
     next_release: str | None  # the kernel of the snapshot the transaction starts from
     warnings: tuple[str, ...] = ()
-
-
-def running_release() -> str:
-    return os.environ.get("AMBER_KERNEL_RELEASE") or os.uname().release
 
 
 def pick_base(store: Store, base: str | None) -> tuple[str | None, int | None]:

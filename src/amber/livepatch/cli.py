@@ -8,17 +8,12 @@ kernel's release is os.uname().release unless AMBER_KERNEL_RELEASE says otherwis
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from amber import log
-
-
-def running_release() -> str:
-    return os.environ.get("AMBER_KERNEL_RELEASE") or os.uname().release
-
+from amber.boot.kernels import running_release
 
 # ---- inspect ------------------------------------------------------------------------------
 

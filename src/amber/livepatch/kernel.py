@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from amber.boot import kernels
+from amber.boot.kernels import running_release
 from amber.config import LivepatchConfig
 from amber.livepatch import signature
 from amber.livepatch.module import ModuleInfo, incompatibility, read, read_image
@@ -64,8 +66,7 @@ class KernelPaths:
     @classmethod
     def from_environment(cls) -> KernelPaths:
         """AMBER_SYSFS and AMBER_PROCFS point amber at other trees (for tests)."""
-        return cls(sys=Path(os.environ.get("AMBER_SYSFS", "/sys")),
-                   proc=Path(os.environ.get("AMBER_PROCFS", "/proc")))
+        return cls(sys=kernels.sysfs(), proc=kernels.procfs())
 
     @property
     def livepatch(self) -> Path:
@@ -610,7 +611,7 @@ def preflight(path: Path, config: LivepatchConfig, *, root: Path = Path("/"),
     Warnings (signature policy 'warn') are printed and returned.
     """
     paths = paths or KernelPaths.from_environment()
-    releases = list(kernel_releases) if kernel_releases else [os.uname().release]
+    releases = list(kernel_releases) if kernel_releases else [running_release()]
     if not config.enabled:
         die("live patching is disabled on this system",
             hint="amber livepatch enable", code=ExitCode.LIVEPATCH_DISABLED)

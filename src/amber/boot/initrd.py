@@ -5,22 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from amber.boot import kernels
 from amber.log import ExitCode, die
-
-
-def kernels(snapshot: Path) -> list[str]:
-    """Kernel releases with both modules and a kernel image in the snapshot."""
-    modules = snapshot / "usr/lib/modules"
-    if not modules.is_dir():
-        modules = snapshot / "lib/modules"
-    if not modules.is_dir():
-        return []
-    releases = []
-    for entry in sorted(modules.iterdir()):
-        boot = snapshot / "boot"
-        if (boot / f"vmlinuz-{entry.name}").exists() or (entry / "vmlinuz").exists():
-            releases.append(entry.name)
-    return releases
 
 
 def generator(snapshot: Path) -> str:
@@ -36,7 +22,7 @@ def generator(snapshot: Path) -> str:
 def commands(snapshot: Path, releases: list[str] | None = None) -> list[list[str]]:
     """The commands that regenerate the initrds of `releases` (default: every kernel)."""
     tool = generator(snapshot)
-    wanted = releases if releases is not None else kernels(snapshot)
+    wanted = releases if releases is not None else kernels.installed(snapshot)
     if not wanted:
         die(f"no kernel installed in {snapshot}", hint="install a kernel package first",
             code=ExitCode.ENVIRONMENT)
