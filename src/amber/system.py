@@ -87,10 +87,10 @@ def _livepatch_status(s: Store, booted: int | None, default: int | None
     carries = any("livepatch" in s.get(n).userdata for n in numbers)  # apply.LIVEPATCH_KEY
     if not sysfs.is_dir() and not carries:
         return {}, None
-    from amber.livepatch import apply, kernel
+    from amber.livepatch import apply, kernel, view
 
     paths = kernel.KernelPaths.from_environment()
-    seen = apply.view(s.root, paths, check_initrd=False)
+    seen = view.view(s.root, paths, check_initrd=False)
     active = {p.name for p in seen.patches if p.active}
     covered = apply.covering_patch(s, booted, default, active)
     return {"livepatch": {**seen.as_json(), "lines": seen.render(),

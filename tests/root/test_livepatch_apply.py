@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from amber import btrfs
-from amber.livepatch import apply
+from amber.boot import initrd
+from amber.livepatch import apply, early, view
 from amber.livepatch import kernel as kernel_side
 from amber.log import AmberError, ExitCode
 from amber.snapshots import Store
@@ -134,7 +135,7 @@ def test_rpm_then_deb_cumulative_replace(system: System, kit: Kit, kernel: FakeK
     assert rpm_installed(snapshot, rpm_name(kit.release))
     depmod = (snapshot / "usr/lib/modules" / kit.release / "modules.dep").read_text()
     assert "livepatch/amber_lp_v1.ko:" in depmod
-    conf = (snapshot / apply.DRACUT_CONF).read_text()
+    conf = (snapshot / early.DRACUT_CONF).read_text()
     assert 'force_drivers+=" amber_lp_v1 "' in conf
     initrd = (snapshot / "boot" / f"initrd.img-{kit.release}").read_text()
     assert initrd.startswith(f"dracut --quiet --force /boot/initrd.img-{kit.release} "
@@ -158,7 +159,7 @@ def test_rpm_then_deb_cumulative_replace(system: System, kit: Kit, kernel: FakeK
         "amber_lp_v2.ko"]
     assert not rpm_installed(system.snapshot(4), rpm_name(kit.release))
     assert rpm_installed(system.snapshot(3), rpm_name(kit.release))
-    conf = (system.snapshot(4) / apply.DRACUT_CONF).read_text()
+    conf = (system.snapshot(4) / early.DRACUT_CONF).read_text()
     assert "amber_lp_v2" in conf and "amber_lp_v1" not in conf
     assert active(kernel) == ["amber_lp_v2"] and "amber_lp_v1" not in kernel.loaded
     st = status(system.root)
@@ -294,12 +295,12 @@ def test_initramfs_tools_loads_the_patch_from_its_initrd(initramfs_tools_system:
     outcome = apply.apply(system.root, [str(deb)], paths=kernel.paths, syscalls=kernel)
     assert (outcome.snapshot, outcome.loaded) == (3, True)
     snapshot = system.snapshot(3)
-    assert apply.initrd_patches(snapshot) == ["amber_lp_v1"]
+    assert early.initrd_patches(snapshot) == ["amber_lp_v1"]
     assert initramfs_files(snapshot, kit.release)["conf/modules"].count("amber_lp_v1") == 1
     assert any(p.endswith("livepatch/amber_lp_v1.ko") for p in initramfs_files(
         snapshot, kit.release))
-    view = apply.view(system.root, kernel.paths).patches
-    assert [(p.name, p.next_boot, p.in_initrd) for p in view] == [("amber_lp_v1", True, True)]
+    seen = view.view(system.root, kernel.paths).patches
+    assert [(p.name, p.next_boot, p.in_initrd) for p in seen] == [("amber_lp_v1", True, True)]
 
     outcome = apply.apply(system.root, [str(kit.v2)], paths=kernel.paths, syscalls=kernel)
     assert (outcome.snapshot, outcome.replaced) == (4, ("amber_lp_v1",))
@@ -315,8 +316,8 @@ def initramfs_files(snapshot: Path, release: str) -> dict[str, str]:
     """The initrd's main archive unpacked (path → text of the small files, "" for the rest)."""
     image = snapshot / "boot" / f"initrd.img-{release}"
     data = image.read_bytes()
-    offset = apply.main_archive_offset(data)
-    command = next(c for magic, c in apply.DECOMPRESSORS.items()
+    offset = initrd.main_archive_offset(data)
+    command = next(c for magic, c in initrd.DECOMPRESSORS.items()
                    if data[offset:offset + len(magic)] == magic)
     out = Path(tempfile.mkdtemp(prefix="amber-initrd-"))
     try:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from amber.boot import kernels
-from amber.livepatch import apply
+from amber.boot import initrd, kernels
+from amber.livepatch import early, sources, view
 from amber.log import AmberError, ExitCode
 from testing.livepatch_packages import build_livepatch_deb, build_livepatch_rpm, rpm_name
 from tests.support.modules import Modules
@@ -21,7 +21,7 @@ def test_package_files_are_unpacked_on_the_host(modules: Modules, tmp_path: Path
     for i, (package, module, name) in enumerate(
             ((rpm, modules.v1, rpm_name(modules.release)),
              (deb, modules.v2, f"amber-livepatch-{modules.release}"))):
-        source = apply.resolve(Path("/"), str(package), tmp_path / f"work{i}")
+        source = sources.resolve(Path("/"), str(package), tmp_path / f"work{i}")
         assert source.package == name
         assert [m.name for m in source.modules] == [module.name]
         assert source.modules[0].read_bytes() == module.read_bytes()
@@ -31,34 +31,34 @@ def test_package_files_are_unpacked_on_the_host(modules: Modules, tmp_path: Path
 def test_bad_sources_are_refused(tmp_path: Path) -> None:
     empty = build_livepatch_deb(tmp_path, "6.1.0-1-amd64", Path(__file__), "1")
     with pytest.raises(AmberError) as caught:
-        apply.resolve(Path("/"), str(empty), tmp_path / "work")
+        sources.resolve(Path("/"), str(empty), tmp_path / "work")
     assert caught.value.code == ExitCode.INCOMPATIBLE
     assert "contains no kernel module" in caught.value.message
     with pytest.raises(AmberError) as caught:
-        apply.resolve(Path("/"), str(tmp_path / "nothing.ko"), tmp_path / "work2")
+        sources.resolve(Path("/"), str(tmp_path / "nothing.ko"), tmp_path / "work2")
     assert caught.value.code == ExitCode.NOT_FOUND
     with pytest.raises(AmberError) as caught:
-        apply.resolve(Path("/"), "some/dir/file.txt", tmp_path / "work3")
+        sources.resolve(Path("/"), "some/dir/file.txt", tmp_path / "work3")
     assert caught.value.code == ExitCode.USAGE
 
 
 def test_dracut_config_lists_only_the_newest(tmp_path: Path) -> None:
-    apply.configure_initrd(tmp_path, "dracut", "amber_lp_v1", [])
-    assert apply.initrd_patches(tmp_path) == ["amber_lp_v1"]
-    apply.configure_initrd(tmp_path, "dracut", "amber_lp_v2", ["amber_lp_v1"])
-    assert apply.initrd_patches(tmp_path) == ["amber_lp_v2"]
-    assert 'force_drivers+=" amber_lp_v2 "' in (tmp_path / apply.DRACUT_CONF).read_text()
+    early.configure_initrd(tmp_path, "dracut", "amber_lp_v1", [])
+    assert early.initrd_patches(tmp_path) == ["amber_lp_v1"]
+    early.configure_initrd(tmp_path, "dracut", "amber_lp_v2", ["amber_lp_v1"])
+    assert early.initrd_patches(tmp_path) == ["amber_lp_v2"]
+    assert 'force_drivers+=" amber_lp_v2 "' in (tmp_path / early.DRACUT_CONF).read_text()
 
 
 def test_initramfs_tools_modules_keep_the_admins_lines(tmp_path: Path) -> None:
-    modules = tmp_path / apply.INITRAMFS_MODULES
+    modules = tmp_path / early.INITRAMFS_MODULES
     modules.parent.mkdir(parents=True)
     modules.write_text("# the admin's modules\nvirtio_blk\n")
-    apply.configure_initrd(tmp_path, "update-initramfs", "amber_lp_v1", [])
-    apply.configure_initrd(tmp_path, "update-initramfs", "amber_lp_v2", ["amber_lp_v1"])
+    early.configure_initrd(tmp_path, "update-initramfs", "amber_lp_v1", [])
+    early.configure_initrd(tmp_path, "update-initramfs", "amber_lp_v2", ["amber_lp_v1"])
     assert modules.read_text() == ("# the admin's modules\nvirtio_blk\n"
-                                   f"{apply.INITRAMFS_MARKER}\namber_lp_v2\n")
-    assert apply.initrd_patches(tmp_path) == ["amber_lp_v2"]
+                                   f"{early.INITRAMFS_MARKER}\namber_lp_v2\n")
+    assert early.initrd_patches(tmp_path) == ["amber_lp_v2"]
 
 
 def test_boot_kernel_follows_the_vmlinuz_link(tmp_path: Path) -> None:
@@ -91,8 +91,8 @@ def test_initrd_listing_skips_the_early_cpio(tmp_path: Path) -> None:
     head = cpio(early)
     image = tmp_path / "initrd.img"
     image.write_bytes(head + b"\0" * 512 + compressed)
-    assert apply.main_archive_offset(image.read_bytes()) == len(head) + 512
-    listing = apply.list_initrd(image)
+    assert initrd.main_archive_offset(image.read_bytes()) == len(head) + 512
+    listing = initrd.list_initrd(image)
     assert listing is not None
     assert "usr/lib/modules/6.1/livepatch/amber_lp_v2.ko" in listing.splitlines()
 
@@ -109,20 +109,20 @@ def test_initrd_listing_of_an_uncompressed_initrd(tmp_path: Path) -> None:
     for data in (head + cpio(main), cpio(main)):
         image = tmp_path / "initrd.img"
         image.write_bytes(data)
-        listing = apply.list_initrd(image)
+        listing = initrd.list_initrd(image)
         assert listing is not None
         assert "usr/lib/modules/6.1/livepatch/amber_lp_v1.ko" in listing.splitlines()
 
 
 def test_drift_sentences_name_the_command() -> None:
-    active_only = apply.PatchView("amber_lp_v2", active=True, booted=True, next_boot=False,
+    active_only = view.PatchView("amber_lp_v2", active=True, booted=True, next_boot=False,
                                   in_initrd=None)
     warning, resolve = active_only.drift(1) or ("", "")
     assert "active now, but the next boot (snapshot 1) does not load it" in warning
     assert resolve.startswith("amber livepatch revert amber_lp_v2")
-    next_only = apply.PatchView("amber_lp_v2", active=False, booted=False, next_boot=True,
+    next_only = view.PatchView("amber_lp_v2", active=False, booted=False, next_boot=True,
                                 in_initrd=True, next_file="/.snapshots/3/snapshot/x.ko")
     warning, resolve = next_only.drift(3) or ("", "")
     assert "does not have it" in warning
     assert resolve == "amber livepatch load /.snapshots/3/snapshot/x.ko, or reboot"
-    assert apply.PatchView("a", True, True, True, True).drift(2) is None
+    assert view.PatchView("a", True, True, True, True).drift(2) is None

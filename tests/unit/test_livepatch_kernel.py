@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from amber.config import LivepatchConfig
-from amber.livepatch import kernel, module
+from amber.livepatch import kernel, module, policy
 from amber.log import AmberError, ExitCode
 from testing.modules import build
 from tests.support.fake_kernel import FakeKernel
@@ -239,7 +239,7 @@ def system_root(tmp_path: Path, key: SigningKey) -> Path:
 def preflight_error(path: Path, cfg: LivepatchConfig, root: Path, paths: kernel.KernelPaths,
                     releases: list[str]) -> AmberError:
     with pytest.raises(AmberError) as caught:
-        kernel.preflight(path, cfg, root=root, kernel_releases=releases, paths=paths)
+        policy.check_module(path, cfg, root=root, kernel_releases=releases, paths=paths)
     return caught.value
 
 
@@ -250,17 +250,19 @@ def test_preflight(fake: FakeKernel, modules: Modules, signing_key: SigningKey,
     signed = build.sign(modules.v1, signing_key.key, signing_key.cert, tmp_path / "s.ko")
     stranger = build.sign(modules.v1, other_key.key, other_key.cert, tmp_path / "o.ko")
 
-    ok = kernel.preflight(signed, config("enforce"), root=root, kernel_releases=release,
-                          paths=fake.paths)
+    ok = policy.check_module(signed, config("enforce"), root=root, kernel_releases=release,
+                             paths=fake.paths)
     assert ok.verdict == "trusted" and ok.warnings == ()
-    warned = kernel.preflight(stranger, config("warn"), root=root, kernel_releases=release,
-                              paths=fake.paths)
+    warned = policy.check_module(stranger, config("warn"), root=root,
+                                 kernel_releases=release, paths=fake.paths)
     assert warned.verdict == "untrusted" and "unknown key" in warned.warnings[0]
 
     def code(path: Path, cfg: LivepatchConfig, releases: list[str] = release) -> ExitCode:
         return preflight_error(path, cfg, root, fake.paths, releases).code
 
-    assert code(signed, config(enabled=False)) == ExitCode.LIVEPATCH_DISABLED
+    with pytest.raises(AmberError) as caught:
+        policy.require_enabled(config(enabled=False))
+    assert caught.value.code == ExitCode.LIVEPATCH_DISABLED
     assert code(modules.plain, config()) == ExitCode.INCOMPATIBLE
     other = build.other_release(modules.release)
     assert code(signed, config(), [modules.release, other]) == ExitCode.INCOMPATIBLE

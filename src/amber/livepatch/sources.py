@@ -1,0 +1,98 @@
+"""Where a live patch comes from: a package file (.rpm, .deb), a package name from the system's
+repositories (downloaded, not installed), or a bare module file. The module is taken out of the
+package on the host, so that it can be checked before any snapshot exists."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from amber import packages
+from amber.log import ExitCode, die
+from amber.run import run
+
+MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+
+
+@dataclass(frozen=True)
+class Source:
+    argument: str  # as the admin gave it
+    file: Path  # the package or module file on the host
+    kind: str  # "deb", "rpm" or "module"
+    package: str | None  # the package's name
+    modules: tuple[Path, ...]  # module files extracted on the host
+
+
+def is_module_file(name: str) -> bool:
+    return name.endswith(MODULE_SUFFIXES)
+
+
+def package_name(file: Path, kind: str) -> str:
+    if kind == "deb":
+        return run(["dpkg-deb", "-f", file, "Package"], capture=True).stdout.strip()
+    return run(["rpm", "-qp", "--qf", "%{NAME}", file], capture=True).stdout.strip()
+
+
+def extract(file: Path, kind: str, dest: Path) -> None:
+    dest.mkdir(parents=True)
+    if kind == "deb":
+        run(["dpkg-deb", "-x", file, dest], capture=True, where=f"while unpacking {file}")
+        return
+    # cpio wants the archive on stdin; run() keeps text, so the archive goes through a file.
+    run(["sh", "-c", 'rpm2cpio "$1" > "$2" && cpio -idm --quiet --no-absolute-filenames < "$2"',
+         "sh", file.absolute(), dest / ".payload.cpio"], capture=True, cwd=dest,
+        where=f"while unpacking {file}")
+    (dest / ".payload.cpio").unlink()
+
+
+def modules_in(tree: Path) -> list[Path]:
+    """Kernel modules under (usr/)lib/modules/<release>/ of an unpacked package."""
+    found: list[Path] = []
+    for base in ("lib/modules", "usr/lib/modules"):
+        directory = tree / base
+        if directory.is_dir() and not directory.is_symlink():
+            found += [p for p in sorted(directory.rglob("*")) if is_module_file(p.name)
+                      and p.is_file()]
+    return found
+
+
+def download(root: Path, name: str, dest: Path) -> Path:
+    """A package from the system's repositories, fetched (not installed) for the preflight."""
+    dest.mkdir(parents=True)
+    argv = packages.detect(root).download(name, dest)
+    run(argv, cwd=dest, capture=True, where=f"while downloading {name}")
+    files = sorted(p for p in dest.rglob("*") if p.name.endswith(packages.PACKAGE_SUFFIXES))
+    if not files:
+        die(f"the package manager fetched no package file for {name}",
+            hint="check the name with your package manager", code=ExitCode.NOT_FOUND)
+    return files[0]
+
+
+def resolve(root: Path, argument: str, work: Path) -> Source:
+    path = Path(argument)
+    if is_module_file(argument):
+        if not path.is_file():
+            die(f"module file {argument} does not exist", hint="check the path",
+                code=ExitCode.NOT_FOUND)
+        return Source(argument, path, "module", None, (path,))
+    if argument.endswith(packages.PACKAGE_SUFFIXES):
+        if not path.is_file():
+            die(f"package file {argument} does not exist",
+                hint="check the path; a package name has no .rpm or .deb ending",
+                code=ExitCode.NOT_FOUND)
+        file = path
+    elif "/" in argument:
+        die(f"{argument} is neither a package (.rpm, .deb) nor a module (.ko, .ko.xz, .ko.zst)",
+            hint="pass a live patch package, a package name or a module file",
+            code=ExitCode.USAGE)
+    else:
+        file = download(root, argument, work / "download")
+    kind = "deb" if file.name.endswith(".deb") else "rpm"
+    tree = work / f"unpacked-{file.name}"
+    extract(file, kind, tree)
+    found = modules_in(tree)
+    if not found:
+        die(f"{argument} contains no kernel module under /lib/modules/<release>/",
+            hint="a live patch package carries its module in /lib/modules/<release>/livepatch/",
+            code=ExitCode.INCOMPATIBLE)
+    return Source(argument, file, kind, package_name(file, kind), tuple(found))
