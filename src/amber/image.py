@@ -286,7 +286,7 @@ def attached(image: Path, read_only: bool = False) -> Iterator[Path]:
     """The image file on a loop device, detached again on every path."""
     options = ["--read-only"] if read_only else []
     device = run(["losetup", "--find", "--show", *options, str(image)],
-                 capture=True).stdout.strip()
+                 capture=True, code=ExitCode.ENVIRONMENT).stdout.strip()
     try:
         yield Path(device)
     finally:
@@ -298,7 +298,7 @@ def mounted(device: Path, options: str = "") -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="amber-mnt-") as tmp:
         where = Path(tmp)
         run(["mount", "-t", "btrfs", *(["-o", options] if options else []), str(device),
-             str(where)])
+             str(where)], code=ExitCode.ENVIRONMENT)
         try:
             yield where
         finally:
@@ -361,7 +361,7 @@ def assemble(image: Path, spec: ImageSpec, tarball: Path, amber_source: Path) ->
     with open(image, "wb") as f:
         f.truncate(spec.size)
     run(["mkfs.btrfs", "--quiet", "--force", "--label", "amber", "--uuid", fs_uuid, str(image)],
-        capture=True)
+        capture=True, code=ExitCode.ENVIRONMENT)
     with attached(image) as device, mounted(device, "compress=zstd:1") as top:
         rootfs = layout.create_skeleton(top)
         log.step("Extracting the root filesystem into snapshot 1")

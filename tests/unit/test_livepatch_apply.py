@@ -42,6 +42,18 @@ def test_bad_sources_are_refused(tmp_path: Path) -> None:
     assert caught.value.code == ExitCode.USAGE
 
 
+@pytest.mark.parametrize("suffix", [".deb", ".rpm"])
+def test_a_broken_package_is_a_bad_module_not_a_failed_transaction(tmp_path: Path,
+                                                                   suffix: str) -> None:
+    """No snapshot exists in the preflight, so a failing host command there is not exit 3."""
+    broken = tmp_path / f"broken{suffix}"
+    broken.write_bytes(b"not a package at all\n" * 10)
+    with pytest.raises(AmberError) as caught:
+        sources.resolve(Path("/"), str(broken), tmp_path / "work")
+    assert caught.value.code == ExitCode.BAD_MODULE
+    assert str(broken) in caught.value.message
+
+
 def test_dracut_config_lists_only_the_newest(tmp_path: Path) -> None:
     early.configure_initrd(tmp_path, "dracut", "amber_lp_v1", [])
     assert early.initrd_patches(tmp_path) == ["amber_lp_v1"]

@@ -29,19 +29,22 @@ def is_module_file(name: str) -> bool:
 
 def package_name(file: Path, kind: str) -> str:
     if kind == "deb":
-        return run(["dpkg-deb", "-f", file, "Package"], capture=True).stdout.strip()
-    return run(["rpm", "-qp", "--qf", "%{NAME}", file], capture=True).stdout.strip()
+        return run(["dpkg-deb", "-f", file, "Package"], capture=True,
+                   code=ExitCode.BAD_MODULE).stdout.strip()
+    return run(["rpm", "-qp", "--qf", "%{NAME}", file], capture=True,
+               code=ExitCode.BAD_MODULE).stdout.strip()
 
 
 def extract(file: Path, kind: str, dest: Path) -> None:
     dest.mkdir(parents=True)
     if kind == "deb":
-        run(["dpkg-deb", "-x", file, dest], capture=True, where=f"while unpacking {file}")
+        run(["dpkg-deb", "-x", file, dest], capture=True, where=f"while unpacking {file}",
+            code=ExitCode.BAD_MODULE)
         return
     # cpio wants the archive on stdin; run() keeps text, so the archive goes through a file.
     run(["sh", "-c", 'rpm2cpio "$1" > "$2" && cpio -idm --quiet --no-absolute-filenames < "$2"',
          "sh", file.absolute(), dest / ".payload.cpio"], capture=True, cwd=dest,
-        where=f"while unpacking {file}")
+        where=f"while unpacking {file}", code=ExitCode.BAD_MODULE)
     (dest / ".payload.cpio").unlink()
 
 
@@ -60,7 +63,8 @@ def download(root: Path, name: str, dest: Path) -> Path:
     """A package from the system's repositories, fetched (not installed) for the preflight."""
     dest.mkdir(parents=True)
     argv = packages.detect(root).download(name, dest)
-    run(argv, cwd=dest, capture=True, where=f"while downloading {name}")
+    run(argv, cwd=dest, capture=True, where=f"while downloading {name}",
+        code=ExitCode.NOT_FOUND)
     files = sorted(p for p in dest.rglob("*") if p.name.endswith(packages.PACKAGE_SUFFIXES))
     if not files:
         die(f"the package manager fetched no package file for {name}",
