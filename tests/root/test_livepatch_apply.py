@@ -263,7 +263,7 @@ def test_no_initrd_generator_changes_nothing(system: System, kit: Kit,
 
 def test_live_only_and_next_boot(system: System, kit: Kit, kernel: FakeKernel) -> None:
     prepare(system, kit)
-    outcome = apply.apply(system.root, [str(kit.v1)], mode="live-only", paths=kernel.paths,
+    outcome = apply.apply(system.root, [str(kit.v1)], mode=apply.Mode.LIVE_ONLY, paths=kernel.paths,
                           syscalls=kernel)
     assert outcome.snapshot is None and active(kernel) == ["amber_lp_v1"]
     assert numbers(system.root) == [1, 2]
@@ -272,7 +272,7 @@ def test_live_only_and_next_boot(system: System, kit: Kit, kernel: FakeKernel) -
         "amber livepatch revert amber_lp_v1 (unload it now), or apply it again to keep it"]
     apply.revert(system.root, "amber_lp_v1", paths=kernel.paths, syscalls=kernel)
 
-    outcome = apply.apply(system.root, [str(kit.v2)], mode="next-boot", paths=kernel.paths,
+    outcome = apply.apply(system.root, [str(kit.v2)], mode=apply.Mode.NEXT_BOOT, paths=kernel.paths,
                           syscalls=kernel)
     assert (outcome.snapshot, outcome.loaded) == (3, False)
     assert active(kernel) == []

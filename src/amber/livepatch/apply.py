@@ -36,6 +36,7 @@ from amber.livepatch import kernel, policy
 from amber.livepatch.early import configure_initrd
 from amber.livepatch.module import ModuleInfo
 from amber.livepatch.module import read as read_module
+from amber.livepatch.policy import Mode as Mode
 from amber.livepatch.sources import Source, resolve
 from amber.livepatch.view import carried, installed_patches, next_boot_patches
 from amber.log import AmberError, ExitCode, die
@@ -46,7 +47,7 @@ LIVEPATCH_KEY = "livepatch"
 LIVEPATCH_ONLY_KEY = "livepatch-only"
 LIVEPATCH_RELEASE_KEY = "livepatch-kernel"
 
-MODES = ("now", "next-boot", "live-only")
+
 
 
 # ---- sources: package files, package names, bare modules ----------------------------------
@@ -60,7 +61,7 @@ MODES = ("now", "next-boot", "live-only")
 @dataclass(frozen=True)
 class Plan:
     root: Path
-    mode: str
+    mode: Mode
     sources: tuple[Source, ...]
     module: ModuleInfo
     module_file: Path  # on the host
@@ -88,7 +89,7 @@ def pick_base(store: Store, base: str | None) -> tuple[str | None, int | None]:
     return None, booted
 
 
-def make_plan(root: Path, arguments: Sequence[str], mode: str, base: str | None,
+def make_plan(root: Path, arguments: Sequence[str], mode: Mode, base: str | None,
               work: Path, paths: kernel.KernelPaths) -> Plan:
     """The preflight: every check before any snapshot exists, and what the transaction does."""
     settings = config.load(root).livepatch
@@ -97,21 +98,21 @@ def make_plan(root: Path, arguments: Sequence[str], mode: str, base: str | None,
     files = [f for s in sources for f in s.modules]
     running = running_release()
     base_option, number, next_release = None, None, None
-    if mode != "live-only":
+    if mode != Mode.LIVE_ONLY:
         store = Store(root)
         store.check()
         base_option, number = pick_base(store, base)
         next_release = boot_kernel(store.path(number)) if number is not None else None
-    if mode == "live-only":
+    if mode == Mode.LIVE_ONLY:
         releases = [running]
-    elif mode == "next-boot":
+    elif mode == Mode.NEXT_BOOT:
         releases = [next_release] if next_release else []
     else:
         releases = list(dict.fromkeys([running, *([next_release] if next_release else [])]))
     checked = []
     for f in files:
         info = read_module(f)
-        if mode != "live-only":
+        if mode != Mode.LIVE_ONLY:
             policy.check_next_boot(info, running, next_release, number, mode)
         checked.append(policy.check_module(f, settings, root=root, kernel_releases=releases,
                                            paths=paths))
@@ -186,7 +187,7 @@ def install_sources(chroot: transaction.Chroot, plan: Plan, release: str) -> Non
 @dataclass(frozen=True)
 class Outcome:
     name: str
-    mode: str
+    mode: Mode
     snapshot: int | None
     base: int | None
     loaded: bool
@@ -233,12 +234,10 @@ def workspace() -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def apply(root: Path, arguments: Sequence[str], *, mode: str = "now", keep: bool = False,
+def apply(root: Path, arguments: Sequence[str], *, mode: Mode = Mode.NOW, keep: bool = False,
           timeout: float | None = None, base: str | None = None, wait: bool = False,
           paths: kernel.KernelPaths | None = None,
           syscalls: kernel.Syscalls | None = None) -> Outcome:
-    if mode not in MODES:
-        die(f"unknown mode {mode!r}", code=ExitCode.USAGE)
     paths = paths or kernel.KernelPaths.from_environment()
     syscalls = syscalls or kernel.LinuxSyscalls()
     settings = config.load(root).livepatch
@@ -249,7 +248,7 @@ def apply(root: Path, arguments: Sequence[str], *, mode: str = "now", keep: bool
         plan = make_plan(root, arguments, mode, base, work, paths)
         timings["preflight"] = time.monotonic() - started
         name = plan.module.name
-        if mode == "live-only":
+        if mode == Mode.LIVE_ONLY:
             started = time.monotonic()
             log.step(f"Loading live patch {name} into the running kernel only")
             removed = kernel.load(plan.module_file, plan.module, paths,
@@ -267,7 +266,7 @@ def apply(root: Path, arguments: Sequence[str], *, mode: str = "now", keep: bool
         result = transaction.execute(options, install_steps(plan, timings),
                                      f"amber livepatch apply {name}")
         assert result.number is not None
-        if mode == "next-boot":
+        if mode == Mode.NEXT_BOOT:
             log.info(f"live patch {name} is installed in snapshot {result.number}, the default "
                      "for the next boot; it is not loaded now")
             return Outcome(name, mode, result.number, result.base, False, (), timings=timings,

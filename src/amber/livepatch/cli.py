@@ -244,7 +244,8 @@ def cmd_unload(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     from amber.livepatch import apply
 
-    mode = "next-boot" if args.next_boot else "live-only" if args.live_only else "now"
+    mode = (apply.Mode.NEXT_BOOT if args.next_boot else apply.Mode.LIVE_ONLY if args.live_only
+            else apply.Mode.NOW)
     outcome = apply.apply(args.root, args.sources, mode=mode, keep=args.keep,
                           timeout=args.timeout, base=args.base, wait=args.wait)
     if args.json:

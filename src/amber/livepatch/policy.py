@@ -4,6 +4,7 @@ the module against the kernels it must fit, the signature policy, the kernel's o
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,14 @@ from amber.livepatch.kernel import (
 )
 from amber.livepatch.module import ModuleInfo, incompatibility, read
 from amber.log import ExitCode, die, warn
+
+
+class Mode(enum.StrEnum):
+    """What `amber livepatch apply` does with a patch."""
+
+    NOW = "now"  # install in a new snapshot and load into the running kernel
+    NEXT_BOOT = "next-boot"  # install only; the next boot loads it
+    LIVE_ONLY = "live-only"  # load only; the next reboot drops it
 
 
 def require_enabled(config: LivepatchConfig) -> None:
@@ -96,12 +105,12 @@ def check_module(path: Path, config: LivepatchConfig, *, root: Path = Path("/"),
 
 
 def check_next_boot(module: ModuleInfo, running: str, next_release: str | None,
-                    number: int | None, mode: str) -> None:
+                    number: int | None, mode: Mode) -> None:
     if next_release is None:
         die(f"snapshot {number} has no kernel, so no initrd can load the live patch at boot",
             hint="--live-only patches the running kernel until the next reboot",
             code=ExitCode.ENVIRONMENT)
-    if mode != "next-boot" and next_release != running \
+    if mode != Mode.NEXT_BOOT and next_release != running \
             and module.kernel_release == running:
         die(f"snapshot {number}, which boots next, has kernel {next_release}: the live patch "
             f"for the running kernel {running} would do nothing after a reboot",
