@@ -1,0 +1,107 @@
+"""Where a merge keeps what it could not merge, so that every conflict can be resolved by hand.
+
+    <conflicts dir>/            mode 0700 (the copies include shadow files)
+        conflicts.json          the manifest: path, reason, detail, and the three copies' paths
+        base/<path>             the version at the fork
+        old/<path>              the running system's version (the one left in place)
+        new/<path>              the new snapshot's version
+
+Each copy has the original's type, contents, mode, owner and extended attributes; for a delete or
+type conflict it holds the whole tree below the path. A version that does not exist (deleted on
+that side) has no copy and null in the manifest. The directories above a copy are plain 0700
+containers. The whole directory is written aside and renamed into place; a directory already
+there (an earlier attempt) is kept as `<name>.previous-<k>`: nothing stored is ever deleted.
+The caller passes /var/lib/amber/etc-merge/<N>, outside /etc, where no drop-in reader looks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from pathlib import Path
+
+from amber.etc.merge import Conflict, MergePlan, PlannedConflict, Reason
+from amber.etc.tree import TreeError, decode, opened_root
+from amber.etc.writer import Deferred, copy_all, copy_entries, make_parents, remove, syncfs
+
+MANIFEST = "conflicts.json"
+SIDES = ("base", "old", "new")
+
+
+def store(plan: MergePlan, conflicts_dir: Path) -> tuple[Conflict, ...]:
+    """Copy the three versions of every conflict of the plan into conflicts_dir (made here;
+    nothing is written when there is no conflict)."""
+    if not plan.conflicts:
+        return ()
+    conflicts_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = conflicts_dir.parent / f".{conflicts_dir.name}.tmp-{secrets.token_hex(4)}"
+    os.mkdir(staging, 0o700)
+    try:
+        _fill(plan, staging)
+        with opened_root(staging) as fd:
+            syncfs(fd)
+        if os.path.lexists(conflicts_dir):
+            os.rename(conflicts_dir, _previous(conflicts_dir))
+        os.rename(staging, conflicts_dir)
+    except BaseException:
+        with contextlib.suppress(OSError), opened_root(staging.parent) as fd:
+            remove(fd, os.fsencode(staging.name))
+        raise
+    return load(conflicts_dir)
+
+
+def _fill(plan: MergePlan, staging: Path) -> None:
+    roots = {"base": (plan.base, plan.base_tree), "old": (plan.old, plan.old_tree),
+             "new": (plan.new, plan.new_tree)}
+    for side in SIDES:
+        root, tree = roots[side]
+        os.mkdir(staging / side, 0o700)
+        with opened_root(root) as source_fd, opened_root(staging / side) as target_fd:
+            deferred = Deferred(target_fd)
+            for conflict in plan.conflicts:
+                if conflict.path not in tree:
+                    continue
+                make_parents(target_fd, conflict.path)
+                if conflict.whole_tree:
+                    copy_entries(source_fd, tree, conflict.path, target_fd, deferred)
+                else:
+                    copy_all(source_fd, [(conflict.path, tree[conflict.path])], target_fd,
+                             deferred)
+            deferred.finish()
+    manifest = {"version": 1, "conflicts": [_manifest_entry(plan, c) for c in plan.conflicts]}
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="ascii")
+
+
+def _manifest_entry(plan: MergePlan, conflict: PlannedConflict) -> dict[str, object]:
+    trees = {"base": plan.base_tree, "old": plan.old_tree, "new": plan.new_tree}
+    entry: dict[str, object] = {"path": decode(conflict.path), "reason": conflict.reason.value,
+                                "detail": conflict.detail, "whole_tree": conflict.whole_tree}
+    for side in SIDES:
+        entry[side] = f"{side}/{decode(conflict.path)}" if conflict.path in trees[side] else None
+    return entry
+
+
+def _previous(conflicts_dir: Path) -> Path:
+    k = 1
+    while os.path.lexists(conflicts_dir.with_name(f"{conflicts_dir.name}.previous-{k}")):
+        k += 1
+    return conflicts_dir.with_name(f"{conflicts_dir.name}.previous-{k}")
+
+
+def load(conflicts_dir: Path) -> tuple[Conflict, ...]:
+    """The conflicts stored in conflicts_dir (none when it does not exist)."""
+    try:
+        manifest = json.loads((conflicts_dir / MANIFEST).read_text(encoding="ascii"))
+    except FileNotFoundError:
+        return ()
+    except (OSError, ValueError) as e:
+        raise TreeError(f"cannot read {conflicts_dir / MANIFEST}: {e}",
+                        hint="the copies next to it are still there to inspect by hand") from e
+    found = []
+    for item in manifest["conflicts"]:
+        copies = [None if item[side] is None else conflicts_dir / item[side] for side in SIDES]
+        found.append(Conflict(os.fsencode(item["path"]), Reason(item["reason"]), item["detail"],
+                              *copies))
+    return tuple(found)
