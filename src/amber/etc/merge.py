@@ -35,6 +35,7 @@ The contract, so that a failure leaves T untouched or fully merged:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
 import os
@@ -423,7 +424,14 @@ def apply_plan(plan: MergePlan, result: Path, *, progress: Progress | None = Non
 
 def _apply(op: Operation, old_tree: Tree, o_fd: int, r_fd: int,
            deferred: writer.Deferred) -> None:
-    with parent_of(r_fd, op.path) as (dir_fd, name):
+    with contextlib.ExitStack() as stack:
+        try:
+            dir_fd, name = stack.enter_context(parent_of(r_fd, op.path))
+        except OSError as e:
+            raise MergeError(f"the directory of {decode(op.path)} in the result directory is "
+                             f"not the new /etc's: {e.strerror}",
+                             hint="the result directory must start as a copy of the new /etc"
+                             ) from e
         found = writer.lstat_kind(dir_fd, name)
         expected = None if op.expected is None else op.expected.kind
         if found is not expected:

@@ -3,8 +3,9 @@
 Every directory is opened relative to its parent's file descriptor with O_NOFOLLOW, so a symlink
 inside the tree is read as a symlink and never traversed, however the tree changes meanwhile;
 paths longer than PATH_MAX work. Files are opened with O_NOFOLLOW | O_NONBLOCK (a fifo swapped in
-cannot block) and checked to be the inode lstat saw, and with O_NOATIME where allowed (reading
-/etc must not change it).
+cannot block) and checked to be the inode lstat saw. Files and directories are opened with
+O_NOATIME where allowed, so reading /etc does not change their access times (readlink(2) has no
+such flag: a symlink's access time may change).
 
 An Entry holds what the merge compares: type, permission bits, owner, group, every extended
 attribute (security.selinux, the POSIX ACLs system.posix_acl_access/default, user.*, ...), the
@@ -140,6 +141,49 @@ def parent_of(root_fd: int, path: bytes) -> Iterator[tuple[int, bytes]]:
         yield fd, name
     finally:
         os.close(fd)
+
+
+class Parents:
+    """Like parent_of for many paths in parent-first order: the directory last reached stays
+    open, so the next path in it or below it costs no walk from the root."""
+
+    def __init__(self, root_fd: int):
+        self.root_fd = root_fd
+        self.path: bytes | None = None
+        self.fd = -1
+
+    def __enter__(self) -> Parents:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.path is not None:
+            os.close(self.fd)
+            self.path = None
+
+    def of(self, path: bytes) -> tuple[int, bytes]:
+        """(fd of the directory holding path, its last component)."""
+        parent, _, name = path.rpartition(b"/")
+        if parent == self.path:
+            return self.fd, name
+        if self.path is not None and (parent.startswith(self.path + b"/") or not self.path):
+            start, rest = self.fd, parent[len(self.path):].lstrip(b"/")
+        else:
+            start, rest = self.root_fd, parent
+        fd = os.dup(start)
+        try:
+            for component in rest.split(b"/") if rest else ():
+                child = os.open(component, DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        self.close()
+        self.fd, self.path = fd, parent
+        return fd, name
 
 
 def open_file(dir_fd: int, name: bytes) -> int:

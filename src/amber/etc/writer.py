@@ -22,6 +22,7 @@ from amber.etc.tree import (
     SPECIAL,
     Entry,
     Kind,
+    Parents,
     Tree,
     TreeError,
     decode,
@@ -189,10 +190,13 @@ def copy_all(source_fd: int, entries: Iterable[tuple[bytes, Entry]], target_fd: 
              deferred: Deferred, *, rename: tuple[bytes, bytes] | None = None) -> None:
     """Create the given entries (parents before children) under target_fd, read from
     source_fd; `rename` = (old prefix, new prefix) puts them elsewhere."""
-    for relative, entry in entries:
-        where = relative if rename is None else rename[1] + relative[len(rename[0]):]
-        content = read_file(source_fd, relative, entry.digest) if entry.kind is Kind.FILE else None
-        with parent_of(target_fd, where) as (dir_fd, name):
+    with Parents(target_fd) as parents:
+        for relative, entry in entries:
+            where = relative if rename is None else rename[1] + relative[len(rename[0]):]
+            content = None
+            if entry.kind is Kind.FILE:
+                content = read_file(source_fd, relative, entry.digest)
+            dir_fd, name = parents.of(where)
             create(dir_fd, name, entry, content, deferred, where)
 
 
