@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 from pathlib import Path
 
 from amber.etc.merge import Conflict, MergePlan, PlannedConflict, Reason
@@ -30,18 +29,21 @@ MANIFEST = "conflicts.json"
 SIDES = ("base", "old", "new")
 
 
-def store(plan: MergePlan, conflicts_dir: Path) -> tuple[Conflict, ...]:
+def store(plan: MergePlan, conflicts_dir: Path, *, sync: bool = True) -> tuple[Conflict, ...]:
     """Copy the three versions of every conflict of the plan into conflicts_dir (made here;
-    nothing is written when there is no conflict)."""
+    nothing is written when there is no conflict). With sync, the copies are flushed to disk
+    (syncfs) before the directory is renamed into place; a caller that flushes the filesystem
+    anyway before its swap passes sync=False."""
     if not plan.conflicts:
         return ()
     conflicts_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = conflicts_dir.parent / f".{conflicts_dir.name}.tmp-{secrets.token_hex(4)}"
+    staging = conflicts_dir.parent / f".{conflicts_dir.name}.tmp-{os.urandom(4).hex()}"
     os.mkdir(staging, 0o700)
     try:
         _fill(plan, staging)
-        with opened_root(staging) as fd:
-            syncfs(fd)
+        if sync:
+            with opened_root(staging) as fd:
+                syncfs(fd)
         if os.path.lexists(conflicts_dir):
             os.rename(conflicts_dir, _previous(conflicts_dir))
         os.rename(staging, conflicts_dir)

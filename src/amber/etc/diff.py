@@ -4,8 +4,8 @@ paths, with the attributes that differ, compared as the merge compares them (tre
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from amber.etc.syncpoint import IGNORED
 from amber.etc.tree import Tree, decode, differences, scan, split
@@ -17,8 +17,7 @@ class Change(enum.StrEnum):
     MODIFIED = "modified"
 
 
-@dataclass(frozen=True)
-class PathChange:
+class PathChange(NamedTuple):
     path: bytes
     change: Change
     kind: str  # the current entry's type (the reference's for a removed path)

@@ -12,7 +12,7 @@ Everything is bytes: lines end with b"\\n" (the last one may not), nothing is de
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 # Beyond this many inserted and deleted lines between two versions the merge gives up (a
 # conflict): the search keeps O(D²) state, and files this different are not edits to merge.
@@ -23,8 +23,7 @@ class TooDifferent(Exception):
     """Two versions differ by more than MAX_DIFFERENCES lines."""
 
 
-@dataclass(frozen=True)
-class LineMerge:
+class LineMerge(NamedTuple):
     """The merged text, or None with the base line ranges (1-based, inclusive) that conflict."""
 
     content: bytes | None

@@ -39,10 +39,9 @@ import contextlib
 import enum
 import hashlib
 import os
-import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from amber.etc import lines, records, writer
 from amber.etc.syncpoint import IGNORED
@@ -95,8 +94,7 @@ class Action(enum.StrEnum):
     ENTRY = "entry"  # the entry at this path becomes `entry` (children are separate paths)
 
 
-@dataclass(frozen=True)
-class PathResult:
+class PathResult(NamedTuple):
     """What happened to one path changed on at least one side. For a path decided as a whole
     tree (added, deleted or retyped with everything below) the paths below are not listed."""
 
@@ -116,8 +114,7 @@ class PathResult:
         return found
 
 
-@dataclass(frozen=True)
-class Operation:
+class Operation(NamedTuple):
     path: bytes
     action: Action
     expected: Entry | None  # T's entry: what the result directory holds before
@@ -125,16 +122,14 @@ class Operation:
     content: bytes | None = None  # ENTRY of a file: merged contents (None: O's, or T's kept)
 
 
-@dataclass(frozen=True)
-class PlannedConflict:
+class PlannedConflict(NamedTuple):
     path: bytes
     reason: Reason
     detail: str
     whole_tree: bool  # the copies hold everything below path, not only the entry
 
 
-@dataclass(frozen=True)
-class Conflict:
+class Conflict(NamedTuple):
     """A conflict as stored: the copies of the three versions (None where one has no entry)."""
 
     path: bytes
@@ -153,8 +148,7 @@ def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
-@dataclass(frozen=True)
-class MergePlan:
+class MergePlan(NamedTuple):
     base: Path
     old: Path
     new: Path
@@ -166,8 +160,7 @@ class MergePlan:
     conflicts: tuple[PlannedConflict, ...]
 
 
-@dataclass(frozen=True)
-class MergeReport:
+class MergeReport(NamedTuple):
     results: tuple[PathResult, ...]
     conflicts: tuple[Conflict, ...]
 
@@ -467,15 +460,19 @@ def _set_entry(op: Operation, entry: Entry, expected: Entry, o_fd: int, dir_fd: 
 
 
 def merge_into(base: Path, old: Path, new: Path, result: Path, *, conflicts_dir: Path,
-               progress: Progress | None = None,
-               ignore: frozenset[bytes] = IGNORED) -> MergeReport:
-    """Plan, apply into result (a copy of new) and store the conflicts; the caller then swaps
-    result for new (see the module's docstring). new itself is never written."""
+               progress: Progress | None = None, ignore: frozenset[bytes] = IGNORED,
+               sync: bool = True) -> MergeReport:
+    """Plan, apply into result (a copy of new) and store the conflicts; with sync, flush both
+    to disk. The caller then swaps result for new (see the module's docstring). new itself is
+    never written."""
     from amber.etc import conflicts
 
     plan = plan_merge(base, old, new, ignore=ignore)
     apply_plan(plan, result, progress=progress)
-    stored = conflicts.store(plan, conflicts_dir)
+    stored = conflicts.store(plan, conflicts_dir, sync=sync)
+    if sync:
+        with opened_root(result) as fd:
+            writer.syncfs(fd)
     return MergeReport(plan.results, stored)
 
 
@@ -492,14 +489,15 @@ def merge(base: Path, old: Path, new: Path, *, conflicts_dir: Path,
     plan = _plan(base, old, new, scan(base, ignore=ignore), scan(old, ignore=ignore), new_tree)
     if not plan.operations:
         return MergeReport(plan.results, ())
-    work = new.parent / f".{new.name}.merge-{secrets.token_hex(4)}"
+    work = new.parent / f".{new.name}.merge-{os.urandom(4).hex()}"
     try:
         writer.copy_tree(new, whole_new, work)
         apply_plan(plan, work, progress=progress)
-        stored = conflicts.store(plan, conflicts_dir)
-        if sync:
-            with opened_root(work) as fd:
-                writer.syncfs(fd)
+        stored = conflicts.store(plan, conflicts_dir, sync=False)
+        if sync:  # the copies of the conflicts, then the merged tree, durable before the swap
+            for flushed in ((conflicts_dir,) if stored else ()) + (work,):
+                with opened_root(flushed) as fd:
+                    writer.syncfs(fd)
         writer.exchange(new, work)
     except BaseException:
         _discard(work)

@@ -22,7 +22,7 @@ allows for a second range) is merged line by line instead.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from amber.etc.lines import merge_lines
 
@@ -31,8 +31,7 @@ _ID_FIELD = {b"passwd": 2, b"group": 2}
 _RANGE_FILES = frozenset({b"subuid", b"subgid"})
 
 
-@dataclass(frozen=True)
-class RecordMerge:
+class RecordMerge(NamedTuple):
     """The merged file, or None with why; `method` says which merge ran ("records", "lines")."""
 
     content: bytes | None

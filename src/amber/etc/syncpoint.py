@@ -14,8 +14,8 @@ place, the caller deletes the syncpoint subvolume, so that t-u's unit does not r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from amber.log import AmberError, ExitCode
 
@@ -24,8 +24,7 @@ COMPAREWITH = b"transactional-update.comparewith"
 IGNORED = frozenset({SYNCPOINT, COMPAREWITH})  # left out of the merge at the top of each tree
 
 
-@dataclass(frozen=True)
-class PendingSync:
+class PendingSync(NamedTuple):
     syncpoint: Path  # the base of the merge: /etc as it was at the fork
     parent: int  # the number of the snapshot whose /etc holds the admin's edits
 

@@ -23,8 +23,8 @@ import hashlib
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from amber.log import AmberError, ExitCode
 
@@ -58,8 +58,9 @@ class TreeError(AmberError):
         super().__init__(message, hint=hint, code=ExitCode.ERROR)
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
+    """One path's type and attributes (a NamedTuple: thousands are made per merge)."""
+
     kind: Kind
     mode: int  # permission bits with setuid, setgid and sticky
     uid: int
@@ -206,8 +207,12 @@ def open_dir(dir_fd: int, name: bytes) -> int:
         return os.open(name, DIR_FLAGS, dir_fd=dir_fd)
 
 
-def read_fd(fd: int) -> bytes:
-    chunks = []
+def read_fd(fd: int, size: int = -1) -> bytes:
+    """All of an open file; with its size from fstat, in one read as a rule."""
+    first = os.read(fd, size + 1 if 0 <= size < _CHUNK else _CHUNK)
+    if 0 <= size < _CHUNK and len(first) <= size:
+        return first
+    chunks = [first]
     while chunk := os.read(fd, _CHUNK):
         chunks.append(chunk)
     return b"".join(chunks)
@@ -272,35 +277,58 @@ def _same_inode(a: os.stat_result, b: os.stat_result, name: bytes) -> None:
                         hint="something changed the tree during the merge; run it again")
 
 
-def read_entry(dir_fd: int, name: bytes) -> tuple[Entry, int | None]:
+def read_entry(dir_fd: int, name: bytes, hint: Kind | None = None) -> tuple[Entry, int | None]:
     """The entry called name in dir_fd, and for a directory an open fd of it (the caller closes
-    it); regular files are hashed."""
+    it); regular files are hashed. `hint` is the type readdir reported: a file or directory is
+    then opened (O_NOFOLLOW) and fstat'ed without an lstat first."""
+    if hint is Kind.FILE or hint is Kind.DIR:
+        found = _open_as(dir_fd, name, hint)
+        if found is not None:
+            return found
     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     kind = kind_of(st.st_mode)
-    if kind is Kind.FILE:
-        fd = open_file(dir_fd, name)
-        try:
-            fst = os.fstat(fd)
-            _same_inode(st, fst, name)
-            digest = hashlib.sha256(read_fd(fd)).digest()
-            return _entry(fst, xattrs_of(fd), digest=digest), None
-        finally:
-            os.close(fd)
-    if kind is Kind.DIR:
-        fd = open_dir(dir_fd, name)
-        try:
-            fst = os.fstat(fd)
-            _same_inode(st, fst, name)
-            return _entry(fst, xattrs_of(fd)), fd
-        except BaseException:
-            os.close(fd)
-            raise
+    if kind is Kind.FILE or kind is Kind.DIR:
+        found = _open_as(dir_fd, name, kind, st)
+        if found is None:
+            raise TreeError(f"{decode(name)} was replaced while it was read",
+                            hint="something changed the tree during the merge; run it again")
+        return found
     with inside(dir_fd):
         xattrs = xattrs_of(name)
     if kind is Kind.SYMLINK:
         return _entry(st, xattrs, target=os.readlink(name, dir_fd=dir_fd)), None
     rdev = st.st_rdev if kind in (Kind.CHAR, Kind.BLOCK) else 0
     return _entry(st, xattrs, rdev=rdev), None
+
+
+def _open_as(dir_fd: int, name: bytes, kind: Kind,
+             st: os.stat_result | None = None) -> tuple[Entry, int | None] | None:
+    """A file or directory read through an fd, or None when name is not that (any more)."""
+    flags = FILE_FLAGS if kind is Kind.FILE else DIR_FLAGS
+    try:
+        try:
+            fd = os.open(name, flags | _NOATIME, dir_fd=dir_fd)
+        except PermissionError:
+            fd = os.open(name, flags, dir_fd=dir_fd)  # O_NOATIME needs the file's owner
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.ENOENT):
+            return None
+        raise
+    keep = False
+    try:
+        fst = os.fstat(fd)
+        if kind_of(fst.st_mode) is not kind:
+            return None
+        if st is not None:
+            _same_inode(st, fst, name)
+        if kind is Kind.DIR:
+            keep = True
+            return _entry(fst, xattrs_of(fd)), fd
+        digest = hashlib.sha256(read_fd(fd, fst.st_size)).digest()
+        return _entry(fst, xattrs_of(fd), digest=digest), None
+    finally:
+        if not keep:
+            os.close(fd)
 
 
 def scan(root: Path, *, ignore: frozenset[bytes] = frozenset()) -> Tree:
@@ -321,19 +349,31 @@ def scan(root: Path, *, ignore: frozenset[bytes] = frozenset()) -> Tree:
 
 def _walk(top_fd: int, top: bytes, tree: Tree, ignore: frozenset[bytes]) -> None:
     """Depth first with one open fd per level (not per directory seen), so a wide tree costs
-    no more descriptors than a narrow one."""
-    stack: list[tuple[int, bytes, Iterator[bytes]]] = [(top_fd, top, _names(top_fd))]
+    no more descriptors than a narrow one. Regular files, most of a tree, take the short way:
+    open, fstat, read, flistxattr, close."""
+    stack: list[tuple[int, bytes, Iterator[tuple[bytes, Kind | None]]]] = [
+        (top_fd, top, _names(top_fd))]
+    flags = FILE_FLAGS | _NOATIME
     try:
         while stack:
             fd, prefix, names = stack[-1]
-            name = next(names, None)
-            if name is None:
+            item = next(names, None)
+            if item is None:
                 os.close(fd)
                 stack.pop()
                 continue
+            name, hint = item
             if not prefix and name in ignore:
                 continue
-            entry, child = read_entry(fd, name)
+            if hint is Kind.FILE:
+                try:
+                    tree[prefix + name] = _read_regular(fd, name, flags)
+                    continue
+                except PermissionError:
+                    flags = FILE_FLAGS  # O_NOATIME needs the file's owner
+                except _NotRegular:
+                    pass
+            entry, child = read_entry(fd, name, hint)
             path = prefix + name
             tree[path] = entry
             if child is not None:
@@ -343,10 +383,41 @@ def _walk(top_fd: int, top: bytes, tree: Tree, ignore: frozenset[bytes]) -> None
             os.close(fd)
 
 
-def _names(fd: int) -> Iterator[bytes]:
+class _NotRegular(Exception):
+    pass
+
+
+def _read_regular(dir_fd: int, name: bytes, flags: int) -> Entry:
+    try:
+        fd = os.open(name, flags, dir_fd=dir_fd)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENXIO, errno.ENOENT):
+            raise _NotRegular from e
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _NotRegular
+        data = read_fd(fd, st.st_size)
+        names = os.listxattr(fd)
+        xattrs = xattrs_of(fd) if names else ()
+        return Entry(Kind.FILE, st.st_mode & 0o7777, st.st_uid, st.st_gid, xattrs,
+                     hashlib.sha256(data).digest())
+    finally:
+        os.close(fd)
+
+
+def _names(fd: int) -> Iterator[tuple[bytes, Kind | None]]:
+    """The names in a directory, sorted, with the type readdir reports where it is a file or a
+    directory (no system call when the filesystem fills in d_type)."""
+    found = []
     with os.scandir(fd) as entries:
-        names = sorted(os.fsencode(entry.name) for entry in entries)
-    return iter(names)
+        for entry in entries:
+            hint = (Kind.DIR if entry.is_dir(follow_symlinks=False)
+                    else Kind.FILE if entry.is_file(follow_symlinks=False) else None)
+            found.append((os.fsencode(entry.name), hint))
+    found.sort()
+    return iter(found)
 
 
 def subtree(tree: Tree, path: bytes) -> Iterator[tuple[bytes, Entry]]:

@@ -10,10 +10,8 @@ the mode), then the mode. A directory's attributes are set after its contents we
 from __future__ import annotations
 
 import os
-import secrets
 import stat
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from amber.etc.tree import (
@@ -40,12 +38,12 @@ from amber.etc.tree import (
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass
 class Deferred:
     """Directories whose attributes are set last, deepest first."""
 
-    root_fd: int
-    dirs: list[tuple[bytes, Entry]] = field(default_factory=list)
+    def __init__(self, root_fd: int):
+        self.root_fd = root_fd
+        self.dirs: list[tuple[bytes, Entry]] = []
 
     def add(self, path: bytes, entry: Entry) -> None:
         self.dirs.append((path, entry))
@@ -141,7 +139,7 @@ def set_attributes(dir_fd: int, name: bytes, entry: Entry) -> None:
 
 def write_file(dir_fd: int, name: bytes, content: bytes, entry: Entry) -> None:
     """A regular file with content and entry's attributes, replacing whatever name was."""
-    temporary = b".#amber-" + secrets.token_hex(8).encode()
+    temporary = b".#amber-" + os.urandom(8).hex().encode()
     fd = os.open(temporary, _WRITE_FLAGS, 0o600, dir_fd=dir_fd)
     try:
         view = memoryview(content)
