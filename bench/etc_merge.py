@@ -165,8 +165,9 @@ def _cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def child(mode: str, base: Path, old: Path, new: Path, work: Path, conflicts: Path) -> None:
-    sys.path.insert(0, str(REPO / "src"))
+def child(mode: str, base: Path, old: Path, new: Path, work: Path, conflicts: Path,
+          paths: list[str]) -> None:
+    sys.path[:0] = [str(REPO / "src"), *paths]
     from amber.etc import conflicts as stored
     from amber.etc import merge, tree, writer
 
@@ -180,15 +181,15 @@ def child(mode: str, base: Path, old: Path, new: Path, work: Path, conflicts: Pa
 
             btrfsutil.create_snapshot(str(new), str(work))
         plan = merge.plan_merge(base, old, new)
-        timings["plan"] = time.perf_counter() - start
+        timings[f"{mode}: plan"] = time.perf_counter() - start
         merge.apply_plan(plan, work)
         stored.store(plan, conflicts, sync=False)
-        timings["apply+store"] = time.perf_counter() - start - timings["plan"]
+        timings[f"{mode}: apply"] = time.perf_counter() - start - timings[f"{mode}: plan"]
         flush = time.perf_counter()
         for flushed in (conflicts, work):
             with tree.opened_root(flushed) as fd:
                 writer.syncfs(fd)
-        timings["flush"] = time.perf_counter() - flush
+        timings[f"{mode}: flush"] = time.perf_counter() - flush
         if mode == "btrfs":
             writer.exchange(new, work)
     timings[mode] = time.perf_counter() - start
@@ -209,14 +210,23 @@ def one_run(mode: str, trees: tuple[Path, Path, Path], scratch: Path) -> dict[st
         subprocess.run(["cp", "-a", str(pristine), str(new)], check=True)
     if mode == "merge_into":
         subprocess.run(["cp", "-a", str(new), str(work)], check=True)
-    argv = [sys.executable, "-I", str(Path(__file__).resolve()), "--child", mode,
-            str(base), str(old), str(new), str(work), str(conflicts)]
+    argv = [sys.executable, "-I", "-S", str(Path(__file__).resolve()), "--child", mode,
+            str(base), str(old), str(new), str(work), str(conflicts), *_btrfsutil_path(mode)]
     start = time.perf_counter()
     output = subprocess.run(argv, check=True, capture_output=True, text=True).stdout
     timings: dict[str, float] = json.loads(output)
     if mode == "merge_into":
         timings["process"] = time.perf_counter() - start
     return timings
+
+
+def _btrfsutil_path(mode: str) -> list[str]:
+    """Where btrfsutil lives: -S leaves site-packages off sys.path (and -I PYTHONPATH)."""
+    if mode != "btrfs":
+        return []
+    import btrfsutil
+
+    return [str(Path(str(btrfsutil.__file__)).parent)]
 
 
 def _remove(path: Path) -> None:
@@ -248,11 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--btrfs", action="store_true", help="also on a loop-mounted btrfs")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        mode, *paths = args.child
-        child(mode, *(Path(p) for p in paths))
+        mode, base, old, new, work, conflicts, *extra = args.child
+        child(mode, Path(base), Path(old), Path(new), Path(work), Path(conflicts), extra)
         return 0
     with tempfile.TemporaryDirectory(prefix="amber-etc-bench-", dir=args.dir) as top:
         where = Path(top)
@@ -290,13 +300,14 @@ def report(results: dict[str, list[dict[str, float]]], files: int, changed_old: 
         print(json.dumps(summary, indent=2))
         return
     print(f"/etc merge: {files} files, {changed_old} paths changed in O, {changed_new} in T; "
-          f"{args.runs} runs in {args.dir}, Python {summary['python']} -I")
-    print(f"{'':16}{'median':>10}{'min':>10}")
+          f"{args.runs} runs in {args.dir}, Python {summary['python']} -I -S, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'':22}{'median':>10}{'min':>10}")
     for name, (median, low) in rows.items():
         verdict = ""
-        if name in ("merge_into", "merge", "btrfs", "merge_into cpu", "btrfs cpu"):
+        if name in ("merge_into", "btrfs", "merge_into cpu", "btrfs cpu"):
             verdict = "  ok (≤ 0.5 s)" if median <= 0.5 else "  MISS (> 0.5 s)"
-        print(f"{name:16}{median * 1000:>8.1f}ms{low * 1000:>8.1f}ms{verdict}")
+        print(f"{name:22}{median * 1000:>8.1f}ms{low * 1000:>8.1f}ms{verdict}")
     print("reproduce: python3 bench/etc_merge.py" + (" --btrfs" if args.btrfs else "")
           + f" --runs {args.runs} --dir {args.dir}")
 

@@ -16,21 +16,29 @@ not count:
   fifos, sockets) changed on both sides are conflicts.
 
 A conflict keeps O (the admin's last working version) in the result and stores the B, O and T
-versions in a conflicts directory (conflicts.py).
+versions in a conflicts directory (conflicts.py). Names in `ignore` (transactional-update's
+etc.syncpoint and its marker, syncpoint.py) are not merged: the result keeps T's. The attributes
+of the tree's root directory are T's. A file taken from O is a new inode in the result, so hard
+links between such files are not kept.
 
 The contract, so that a failure leaves T untouched or fully merged:
 
-1. `plan_merge(B, O, T)` only reads. It returns the operations that turn T into the result.
+1. `plan_merge(B, O, T)` only reads. It returns the operations that turn T into the result,
+   with the merged contents.
 2. `apply_plan(plan, R)` performs them in R, which must start as a copy of T (on btrfs: a
-   snapshot of T's subvolume; `merge()` makes a plain copy). It checks that R holds T's entry at
+   snapshot of T's subvolume; `merge()` makes a plain copy). It checks that R holds T's type at
    every path it changes and that every file it copies from O is still what was planned, and
-   raises TreeError otherwise. On any error R is half-merged: discard it.
-3. `store_conflicts(plan, C)` writes the conflict copies and their manifest into C.
-4. The caller flushes R (`writer.syncfs`) and swaps it for T in one step
-   (`writer.exchange(T, R)`: renameat2 RENAME_EXCHANGE), then deletes R, which holds the old T.
-   Until the swap, T is untouched; after it, T is the complete result.
+   raises TreeError otherwise. On any error R is half-merged: discard it; T was never written.
+3. `conflicts.store(plan, C)` writes the conflict copies and their manifest into C (written
+   aside and renamed into place; an earlier C is kept as C.previous-<k>).
+4. The caller flushes R and C (`writer.syncfs`; one call per filesystem) and swaps R for T in
+   one step (`writer.exchange(T, R)`: renameat2 RENAME_EXCHANGE, which needs both in one
+   writable directory), then deletes R, which now holds the old T. Until the swap T is
+   untouched; after it, T is the complete result.
 
-`merge_into` does 1–3; `merge` does all four on plain directories.
+`merge_into(B, O, T, R, conflicts_dir=C)` does 1–3 and the flush; `merge(B, O, T,
+conflicts_dir=C)` does everything on plain directories (the copy of T is a plain copy: the
+layout's path is a btrfs snapshot, which costs nothing).
 """
 
 from __future__ import annotations

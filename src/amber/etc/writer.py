@@ -140,7 +140,14 @@ def set_attributes(dir_fd: int, name: bytes, entry: Entry) -> None:
 def write_file(dir_fd: int, name: bytes, content: bytes, entry: Entry) -> None:
     """A regular file with content and entry's attributes, replacing whatever name was."""
     temporary = b".#amber-" + os.urandom(8).hex().encode()
-    fd = os.open(temporary, _WRITE_FLAGS, 0o600, dir_fd=dir_fd)
+    _new_file(dir_fd, temporary, content, entry)
+    if lstat_kind(dir_fd, name) is Kind.DIR:
+        remove(dir_fd, name)
+    os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+
+
+def _new_file(dir_fd: int, name: bytes, content: bytes, entry: Entry) -> None:
+    fd = os.open(name, _WRITE_FLAGS, 0o600, dir_fd=dir_fd)
     try:
         view = memoryview(content)
         while view:
@@ -148,12 +155,9 @@ def write_file(dir_fd: int, name: bytes, content: bytes, entry: Entry) -> None:
         _set_fd_attributes(fd, entry)
     except BaseException:
         os.close(fd)
-        os.unlink(temporary, dir_fd=dir_fd)
+        os.unlink(name, dir_fd=dir_fd)
         raise
     os.close(fd)
-    if lstat_kind(dir_fd, name) is Kind.DIR:
-        remove(dir_fd, name)
-    os.rename(temporary, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
 
 
 def create(dir_fd: int, name: bytes, entry: Entry, content: bytes | None,
@@ -164,7 +168,7 @@ def create(dir_fd: int, name: bytes, entry: Entry, content: bytes | None,
         deferred.add(path, entry)
     elif entry.kind is Kind.FILE:
         assert content is not None
-        write_file(dir_fd, name, content, entry)
+        _new_file(dir_fd, name, content, entry)
     elif entry.kind is Kind.SYMLINK:
         assert entry.target is not None
         os.symlink(entry.target, name, dir_fd=dir_fd)
