@@ -695,8 +695,9 @@ def test_conflicts_that_cannot_be_stored_abort_the_merge(tmp_path: Path) -> None
     trees = failing_trees(tmp_path)
     blocker = tmp_path / "var"
     blocker.write_text("a file where the conflicts directory's parent should be\n")
-    with pytest.raises(OSError):
+    with pytest.raises(TreeError, match="cannot store the merge's conflicts") as e:
         trees.merge()
+    assert e.value.hint is not None and "not swapped in" in e.value.hint
     blocker.unlink()
     assert_untouched(trees, tmp_path)
 

@@ -36,9 +36,12 @@ def store(plan: MergePlan, conflicts_dir: Path, *, sync: bool = True) -> tuple[C
     anyway before its swap passes sync=False."""
     if not plan.conflicts:
         return ()
-    conflicts_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = conflicts_dir.parent / f".{conflicts_dir.name}.tmp-{os.urandom(4).hex()}"
-    os.mkdir(staging, 0o700)
+    try:
+        conflicts_dir.parent.mkdir(parents=True, exist_ok=True)
+        os.mkdir(staging, 0o700)
+    except OSError as e:
+        raise _cannot_store(conflicts_dir, e) from e
     try:
         _fill(plan, staging)
         if sync:
@@ -47,11 +50,21 @@ def store(plan: MergePlan, conflicts_dir: Path, *, sync: bool = True) -> tuple[C
         if os.path.lexists(conflicts_dir):
             os.rename(conflicts_dir, _previous(conflicts_dir))
         os.rename(staging, conflicts_dir)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError), opened_root(staging.parent) as fd:
             remove(fd, os.fsencode(staging.name))
+        if isinstance(e, OSError):
+            raise _cannot_store(conflicts_dir, e) from e
         raise
     return load(conflicts_dir)
+
+
+def _cannot_store(conflicts_dir: Path, error: OSError) -> TreeError:
+    where = f" ({os.fsdecode(error.filename)})" if error.filename is not None else ""
+    return TreeError(f"cannot store the merge's conflicts in {conflicts_dir}: "
+                     f"{error.strerror}{where}",
+                     hint="the merged /etc was not swapped in; fix that directory (or make "
+                          "room) and merge again")
 
 
 def _fill(plan: MergePlan, staging: Path) -> None:

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 # Beyond this many inserted and deleted lines between two versions the merge gives up (a
-# conflict): the search keeps O(D²) state, and files this different are not edits to merge.
-MAX_DIFFERENCES = 2000
+# conflict): the search costs O(D²) (0.3 s at 1,000 in Python), and files this different are
+# not edits to merge.
+MAX_DIFFERENCES = 1000
 
 
 class TooDifferent(Exception):

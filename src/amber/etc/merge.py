@@ -507,8 +507,12 @@ def merge(base: Path, old: Path, new: Path, *, conflicts_dir: Path,
                 with opened_root(flushed) as fd:
                     writer.syncfs(fd)
         writer.exchange(new, work)
-    except BaseException:
+    except BaseException as e:
         _discard(work)
+        if isinstance(e, OSError):
+            where = f" ({os.fsdecode(e.filename)})" if e.filename is not None else ""
+            raise MergeError(f"cannot copy {new} aside for the merge: {e.strerror}{where}",
+                             hint="nothing was merged; the new /etc is as it was") from e
         raise
     try:
         _discard(work)  # which now holds the new tree as it was before the merge
