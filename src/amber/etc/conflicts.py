@@ -22,8 +22,8 @@ import os
 from pathlib import Path
 
 from amber.etc.merge import Conflict, MergePlan, PlannedConflict, Reason
-from amber.etc.tree import TreeError, decode, opened_root
-from amber.etc.writer import Deferred, copy_all, copy_entries, make_parents, remove, syncfs
+from amber.etc.tree import Tree, TreeError, decode, opened_root, split, subtree
+from amber.etc.writer import Deferred, copy_all, make_parents, remove, syncfs
 
 MANIFEST = "conflicts.json"
 SIDES = ("base", "old", "new")
@@ -67,34 +67,47 @@ def _cannot_store(conflicts_dir: Path, error: OSError) -> TreeError:
                           "room) and merge again")
 
 
+def _version(plan: MergePlan, side: str, conflict: PlannedConflict) -> Tree:
+    """The entries of one side's version of a conflict (the whole tree below it, if so)."""
+    path = conflict.path
+    if side == "new":
+        if conflict.whole_tree:
+            return plan.new_tree.subtree(path)
+        entry = plan.new_tree.get(path)
+        return {} if entry is None else {path: entry}
+    tree = plan.base_tree if side == "base" else plan.old_tree
+    if path not in tree:
+        return {}
+    return dict(subtree(tree, path)) if conflict.whole_tree else {path: tree[path]}
+
+
 def _fill(plan: MergePlan, staging: Path) -> None:
-    roots = {"base": (plan.base, plan.base_tree), "old": (plan.old, plan.old_tree),
-             "new": (plan.new, plan.new_tree)}
+    roots = {"base": plan.base, "old": plan.old, "new": plan.new}
+    present: dict[tuple[bytes, str], bool] = {}
     for side in SIDES:
-        root, tree = roots[side]
         os.mkdir(staging / side, 0o700)
-        with opened_root(root) as source_fd, opened_root(staging / side) as target_fd:
+        with opened_root(roots[side]) as source_fd, opened_root(staging / side) as target_fd:
             deferred = Deferred(target_fd)
             for conflict in plan.conflicts:
-                if conflict.path not in tree:
+                version = _version(plan, side, conflict)
+                present[conflict.path, side] = bool(version)
+                if not version:
                     continue
                 make_parents(target_fd, conflict.path)
-                if conflict.whole_tree:
-                    copy_entries(source_fd, tree, conflict.path, target_fd, deferred)
-                else:
-                    copy_all(source_fd, [(conflict.path, tree[conflict.path])], target_fd,
-                             deferred)
+                copy_all(source_fd, ((p, version[p]) for p in sorted(version, key=split)),
+                         target_fd, deferred)
             deferred.finish()
-    manifest = {"version": 1, "conflicts": [_manifest_entry(plan, c) for c in plan.conflicts]}
+    manifest = {"version": 1,
+                "conflicts": [_manifest_entry(c, present) for c in plan.conflicts]}
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="ascii")
 
 
-def _manifest_entry(plan: MergePlan, conflict: PlannedConflict) -> dict[str, object]:
-    trees = {"base": plan.base_tree, "old": plan.old_tree, "new": plan.new_tree}
+def _manifest_entry(conflict: PlannedConflict,
+                    present: dict[tuple[bytes, str], bool]) -> dict[str, object]:
     entry: dict[str, object] = {"path": decode(conflict.path), "reason": conflict.reason.value,
                                 "detail": conflict.detail, "whole_tree": conflict.whole_tree}
     for side in SIDES:
-        entry[side] = f"{side}/{decode(conflict.path)}" if conflict.path in trees[side] else None
+        entry[side] = f"{side}/{decode(conflict.path)}" if present[conflict.path, side] else None
     return entry
 
 

@@ -15,6 +15,9 @@ not count:
   a type changed on one side and anything changed on the other, and special files (devices,
   fifos, sockets) changed on both sides are conflicts.
 
+Wherever O equals B the result is T's, so T is read only where O changed: the merge costs two
+tree reads, not three.
+
 A conflict keeps O (the admin's last working version) in the result and stores the B, O and T
 versions in a conflicts directory (conflicts.py). Names in `ignore` (transactional-update's
 etc.syncpoint and its marker, syncpoint.py) are not merged: the result keeps T's. The attributes
@@ -57,6 +60,7 @@ from amber.etc.tree import (
     SPECIAL,
     Entry,
     Kind,
+    LazyTree,
     Tree,
     TreeError,
     ancestors,
@@ -103,8 +107,11 @@ class Action(enum.StrEnum):
 
 
 class PathResult(NamedTuple):
-    """What happened to one path changed on at least one side. For a path decided as a whole
-    tree (added, deleted or retyped with everything below) the paths below are not listed."""
+    """What happened to one path the running system changed (or a directory above such paths
+    that became a conflict). Paths changed in the new snapshot only are not visited, since the
+    result keeps them as they are, and not listed (`diff.diff(B, T)` lists them). For a path
+    decided as a whole tree (added, deleted or retyped with everything below) the paths below
+    are not listed."""
 
     path: bytes
     outcome: Outcome
@@ -162,7 +169,7 @@ class MergePlan(NamedTuple):
     new: Path
     base_tree: Tree
     old_tree: Tree
-    new_tree: Tree
+    new_tree: LazyTree  # read where needed: the result is T's wherever O equals B
     operations: tuple[Operation, ...]
     results: tuple[PathResult, ...]
     conflicts: tuple[PlannedConflict, ...]
@@ -189,14 +196,15 @@ class MergeError(TreeError):
 
 def plan_merge(base: Path, old: Path, new: Path, *,
                ignore: frozenset[bytes] = IGNORED) -> MergePlan:
-    """Decide every path; reads the three trees and nothing else. Names in `ignore` (by default
-    transactional-update's syncpoint and its marker) are left out at the top level."""
+    """Decide every path; reads the trees and nothing else: all of base and old, and new where
+    old changed. Names in `ignore` (by default transactional-update's syncpoint and its marker)
+    are left out at the top level."""
     return _plan(base, old, new, scan(base, ignore=ignore), scan(old, ignore=ignore),
-                 scan(new, ignore=ignore))
+                 LazyTree(new, ignore=ignore))
 
 
 def _plan(base: Path, old: Path, new: Path, base_tree: Tree, old_tree: Tree,
-          new_tree: Tree) -> MergePlan:
+          new_tree: LazyTree) -> MergePlan:
     with opened_root(base) as b_fd, opened_root(old) as o_fd, opened_root(new) as t_fd:
         planner = _Planner(base_tree, old_tree, new_tree, fds=(b_fd, o_fd, t_fd))
         planner.run()
@@ -220,35 +228,41 @@ def _discards(base: Entry | None, side: Entry | None) -> bool:
 
 
 class _Planner:
-    def __init__(self, base: Tree, old: Tree, new: Tree, *, fds: tuple[int, int, int]):
+    """Visits the paths the running system changed (and the directories above them): wherever
+    O equals B the result is T's, whatever T is, so T is read only where O changed."""
+
+    def __init__(self, base: Tree, old: Tree, new: LazyTree, *, fds: tuple[int, int, int]):
         self.b, self.o, self.t = base, old, new
         self.fds = fds
-        self.below_o = _with_changes_below(_changed(base, old))
-        self.below_t = _with_changes_below(_changed(base, new))
+        self.changed_o = _changed(base, old)
+        self.below_o = _with_changes_below(self.changed_o)
         self.operations: list[Operation] = []
         self.results: list[PathResult] = []
         self.conflicts: list[PlannedConflict] = []
 
     def run(self) -> None:
         skip: bytes | None = None
-        for path in sorted(self.b.keys() | self.o.keys() | self.t.keys(), key=split):
+        for path in sorted(self.changed_o | self.below_o, key=split):
             if skip is not None and path.startswith(skip):
                 continue
             skip = None if self.decide(path) else path + b"/"
+
+    def changed_below_in_new(self, path: bytes) -> bool:
+        below = self.t.subtree(path)
+        prefix = path + b"/"
+        base = {p for p in self.b if p.startswith(prefix)}
+        return any(below.get(p) != self.b.get(p) for p in (below.keys() - {path}) | base)
 
     def decide(self, path: bytes) -> bool:
         """Decide one path; True when the paths below it are to be decided one by one."""
         b, o, t = self.b.get(path), self.o.get(path), self.t.get(path)
         both_dirs = _is_dir(o) and _is_dir(t)
-        if o == b:
-            if t == b:
-                return both_dirs
-            if _discards(b, t) and path in self.below_o:
+        if o == b:  # a directory above the running system's changes
+            if _discards(b, t):
                 return self.tree_conflict(path, b, o, t)
-            self.result(path, Outcome.NEW, "changed in the new snapshot only")
             return both_dirs
         if t == b:
-            if _discards(b, o) and path in self.below_t:
+            if _discards(b, o) and self.changed_below_in_new(path):
                 return self.tree_conflict(path, b, o, t)
             if o is not None and t is not None and o.kind is t.kind:
                 self.operations.append(Operation(path, Action.ENTRY, t, o))
@@ -491,15 +505,12 @@ def merge(base: Path, old: Path, new: Path, *, conflicts_dir: Path,
     and swapped in atomically; on any error new stays as it was."""
     from amber.etc import conflicts
 
-    whole_new = scan(new)
-    new_tree = {path: entry for path, entry in whole_new.items()
-                if path.partition(b"/")[0] not in ignore}
-    plan = _plan(base, old, new, scan(base, ignore=ignore), scan(old, ignore=ignore), new_tree)
+    plan = plan_merge(base, old, new, ignore=ignore)
     if not plan.operations:
         return MergeReport(plan.results, ())
     work = new.parent / f".{new.name}.merge-{os.urandom(4).hex()}"
     try:
-        writer.copy_tree(new, whole_new, work)
+        writer.copy_tree(new, scan(new), work)
         apply_plan(plan, work, progress=progress)
         stored = conflicts.store(plan, conflicts_dir, sync=False)
         if sync:  # the copies of the conflicts, then the merged tree, durable before the swap

@@ -420,6 +420,55 @@ def _names(fd: int) -> Iterator[tuple[bytes, Kind | None]]:
     return iter(found)
 
 
+class LazyTree:
+    """The entries of a tree read on demand, path by path (the same way as scan). The merge
+    needs the new tree only where the running system changed something, so it reads a few
+    dozen of its entries instead of all of them."""
+
+    def __init__(self, root: Path, *, ignore: frozenset[bytes] = frozenset()):
+        self.root = root
+        self.ignore = ignore
+        self._entries: dict[bytes, Entry | None] = {}
+
+    def get(self, path: bytes) -> Entry | None:
+        if path not in self._entries:
+            self._entries[path] = self._read(path)
+        return self._entries[path]
+
+    def _read(self, path: bytes) -> Entry | None:
+        if path.partition(b"/")[0] in self.ignore:
+            return None
+        try:
+            with opened_root(self.root) as root_fd, parent_of(root_fd, path) as (dir_fd, name):
+                entry, child = read_entry(dir_fd, name)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return None  # not there, or below something that is not a directory
+            raise TreeError(f"cannot read {self.root / os.fsdecode(path)}: {e.strerror}",
+                            hint="the merge reads its trees as root; is the filesystem "
+                                 "healthy?") from e
+        if child is not None:
+            os.close(child)
+        return entry
+
+    def subtree(self, path: bytes) -> Tree:
+        """path and everything below it."""
+        entry = self.get(path)
+        if entry is None:
+            return {}
+        found = {path: entry}
+        if entry.kind is Kind.DIR:
+            try:
+                with opened_root(self.root) as root_fd, \
+                        parent_of(root_fd, path) as (dir_fd, name):
+                    _walk(open_dir(dir_fd, name), path + b"/", found, frozenset())
+            except OSError as e:
+                raise TreeError(f"cannot read {self.root / os.fsdecode(path)}: {e.strerror}",
+                                hint="something changed the tree during the merge; run it "
+                                     "again") from e
+        return found
+
+
 def subtree(tree: Tree, path: bytes) -> Iterator[tuple[bytes, Entry]]:
     """path and everything below it, in the order a copy creates them (parents first)."""
     if path in tree:
