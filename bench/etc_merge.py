@@ -33,6 +33,7 @@ import os
 import random
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -279,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unmount and detach on SIGTERM too
     if args.child:
         mode, base, old, new, work, conflicts, *extra = args.child
         child(mode, Path(base), Path(old), Path(new), Path(work), Path(conflicts), extra)

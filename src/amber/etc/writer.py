@@ -180,26 +180,23 @@ def create(dir_fd: int, name: bytes, entry: Entry, content: bytes | None,
 
 
 def copy_entries(source_fd: int, source: Tree, path: bytes, target_fd: int,
-                 deferred: Deferred, *, to: bytes | None = None) -> None:
-    """Copy path and everything below it from the source tree (as scanned: the contents are
-    checked against the scanned digests) to the same place, or to `to`, under target_fd.
-    The parent of the destination must exist."""
-    copy_all(source_fd, subtree(source, path), target_fd, deferred,
-             rename=None if to is None else (path, to))
+                 deferred: Deferred) -> None:
+    """Copy path and everything below it from the source tree to the same place under
+    target_fd, whose parent directory must exist."""
+    copy_all(source_fd, subtree(source, path), target_fd, deferred)
 
 
 def copy_all(source_fd: int, entries: Iterable[tuple[bytes, Entry]], target_fd: int,
-             deferred: Deferred, *, rename: tuple[bytes, bytes] | None = None) -> None:
-    """Create the given entries (parents before children) under target_fd, read from
-    source_fd; `rename` = (old prefix, new prefix) puts them elsewhere."""
+             deferred: Deferred) -> None:
+    """Create the given entries (parents before children) under target_fd with the contents
+    read from source_fd, checked against the scanned digests."""
     with Parents(target_fd) as parents:
-        for relative, entry in entries:
-            where = relative if rename is None else rename[1] + relative[len(rename[0]):]
+        for path, entry in entries:
             content = None
             if entry.kind is Kind.FILE:
-                content = read_file(source_fd, relative, entry.digest)
-            dir_fd, name = parents.of(where)
-            create(dir_fd, name, entry, content, deferred, where)
+                content = read_file(source_fd, path, entry.digest)
+            dir_fd, name = parents.of(path)
+            create(dir_fd, name, entry, content, deferred, path)
 
 
 def make_parents(root_fd: int, path: bytes) -> None:
