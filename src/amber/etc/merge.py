@@ -11,9 +11,10 @@ not count:
   takes that side), contents record by record for passwd, group, shadow, gshadow, subuid and
   subgid (records.py) and line by line for other text (lines.py); anything else that differs
   on both sides is a conflict;
-- deleted on one side and changed on the other (for a directory: anything below it changed),
-  a type changed on one side and anything changed on the other, and special files (devices,
-  fifos, sockets) changed on both sides are conflicts.
+- deleted on one side and changed on the other (for a directory: anything below it added or
+  changed; deleting below agrees with deleting the directory), a type changed on one side and
+  anything changed on the other, and special files (devices, fifos, sockets) changed on both
+  sides are conflicts.
 
 Wherever O equals B the result is T's, so T is read only where O changed: the merge costs two
 tree reads, not three.
@@ -236,6 +237,8 @@ class _Planner:
         self.fds = fds
         self.changed_o = _changed(base, old)
         self.below_o = _with_changes_below(self.changed_o)
+        # Directories with something below them that O added or changed (not only deleted).
+        self.below_o_kept = _with_changes_below({p for p in self.changed_o if p in old})
         self.operations: list[Operation] = []
         self.results: list[PathResult] = []
         self.conflicts: list[PlannedConflict] = []
@@ -247,22 +250,25 @@ class _Planner:
                 continue
             skip = None if self.decide(path) else path + b"/"
 
-    def changed_below_in_new(self, path: bytes) -> bool:
+    def kept_below_in_new(self, path: bytes) -> bool:
+        """Whether T added or changed anything below path (deletions do not count: they agree
+        with O's removal of path)."""
         below = self.t.subtree(path)
-        prefix = path + b"/"
-        base = {p for p in self.b if p.startswith(prefix)}
-        return any(below.get(p) != self.b.get(p) for p in (below.keys() - {path}) | base)
+        return any(entry != self.b.get(p) for p, entry in below.items() if p != path)
 
     def decide(self, path: bytes) -> bool:
         """Decide one path; True when the paths below it are to be decided one by one."""
         b, o, t = self.b.get(path), self.o.get(path), self.t.get(path)
         both_dirs = _is_dir(o) and _is_dir(t)
         if o == b:  # a directory above the running system's changes
-            if _discards(b, t):
+            if _discards(b, t) and path in self.below_o_kept:
                 return self.tree_conflict(path, b, o, t)
+            if _discards(b, t):
+                self.result(path, Outcome.NEW, "removed or replaced in the new snapshot; the "
+                            "running system had only deleted things below it")
             return both_dirs
         if t == b:
-            if _discards(b, o) and self.changed_below_in_new(path):
+            if _discards(b, o) and self.kept_below_in_new(path):
                 return self.tree_conflict(path, b, o, t)
             if o is not None and t is not None and o.kind is t.kind:
                 self.operations.append(Operation(path, Action.ENTRY, t, o))
