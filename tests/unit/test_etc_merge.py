@@ -31,7 +31,7 @@ from amber.etc.merge import (
     merge_into,
     plan_merge,
 )
-from amber.etc.tree import TreeError, opened_root, read_file, scan
+from amber.etc.tree import LazyTree, TreeError, opened_root, read_file, scan
 from amber.log import AmberError
 
 ROOT = os.geteuid() == 0
@@ -571,6 +571,21 @@ def test_symlinks_are_never_followed(tmp_path: Path) -> None:
     assert result[b"ln"] == L(out + b"/dir") and result[b"lnfile"] == F(b"pkg\n")
     assert read_back(outside) == before
     assert not (outside / "a").exists()
+
+
+def test_the_new_tree_is_read_lazily_without_following_symlinks(tmp_path: Path) -> None:
+    outside = build(tmp_path / "outside", tree_of({"a": F(b"outside\n"), "sub": D()}))
+    root = build(tmp_path / "T", tree_of({"d": L(os.fsencode(outside)), "e": D(),
+                                          "e/f": F(b"f\n"), "etc.syncpoint": D()}))
+    lazy = LazyTree(root, ignore=syncpoint.IGNORED)
+    assert lazy.get(b"d") == scan(root)[b"d"]
+    assert lazy.get(b"d/a") is None  # below a symlink: not a path of this tree
+    assert lazy.get(b"d/sub/x") is None
+    assert lazy.get(b"e/f/g") is None  # below a file
+    assert lazy.get(b"missing") is None
+    assert lazy.get(b"etc.syncpoint") is None
+    assert lazy.subtree(b"d") == {b"d": scan(root)[b"d"]}
+    assert lazy.subtree(b"e") == {p: e for p, e in scan(root).items() if p in (b"e", b"e/f")}
 
 
 def test_a_result_directory_that_is_not_a_copy_of_new_is_refused(tmp_path: Path) -> None:
