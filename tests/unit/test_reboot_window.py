@@ -114,6 +114,15 @@ def test_malformed(text: str, message: str) -> None:
     assert "\n" not in str(caught.value)
 
 
+def test_no_time_zone_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    import zoneinfo
+
+    monkeypatch.setattr(zoneinfo, "available_timezones", set)
+    with pytest.raises(WindowError, match="no time zone database to look up 'Mars/Olympus' in: "
+                                          "install tzdata"):
+        parse("Sat Mars/Olympus")
+
+
 def test_window_error_is_a_value_error() -> None:
     assert issubclass(WindowError, ValueError)
 
@@ -127,6 +136,8 @@ def test_period_checks_its_fields() -> None:
         Period(ALL_DAYS, 60, 60)
     with pytest.raises(ValueError, match="minutes"):
         Period(ALL_DAYS, 0, 1441)
+    with pytest.raises(ValueError, match="at least one period"):
+        Window((), UTC)
 
 
 def test_naive_instants_are_refused() -> None:

@@ -93,8 +93,14 @@ class Period:
 
 @dataclass(frozen=True)
 class Window:
+    """A maintenance window: open during any of its periods, read on the clock of `zone`."""
+
     periods: tuple[Period, ...]
     zone: tzinfo
+
+    def __post_init__(self) -> None:
+        if not self.periods:
+            raise ValueError("a window needs at least one period")
 
     def __str__(self) -> str:
         if self.periods == (Period(ALL_DAYS, 0, MINUTES_PER_DAY),):
@@ -156,8 +162,8 @@ class Window:
         if _wall(early, self.zone) == wall:
             return early  # fold=0 is the first of the two readings of a repeated time
         # In a gap, fold=0 maps with the offset before the jump (later than the jump) and fold=1
-        # with the offset after it (earlier). Bisect to the jump: the first second whose wall
-        # time is past `wall`.
+        # with the offset after it (earlier). Bisect to the jump: the first second at which the
+        # clock reads `wall` or later.
         low = int(wall.replace(tzinfo=self.zone, fold=1).astimezone(UTC).timestamp())
         high = int(early.timestamp())
         while high - low > 1:
@@ -332,6 +338,10 @@ def _is_zone_word(word: str) -> bool:
 def _zone(name: str) -> tzinfo:
     found = _known_zone(name)
     if found is None:
+        from zoneinfo import available_timezones
+
+        if not available_timezones():
+            raise WindowError(f"no time zone database to look up '{name}' in: install tzdata")
         raise WindowError(f"unknown time zone '{name}': use an IANA name like Europe/Berlin "
                           "(see timedatectl list-timezones)")
     return found
