@@ -297,6 +297,10 @@ def test_interpret(endpoint: str, status: int, body: bytes, answer: Answer) -> N
     (PRE_REBOOT, 503, b"", FleetLockUnavailable, "HTTP 503 to /v1/pre-reboot without"),
     (PRE_REBOOT, 500, b'{"kind": "generic_error", "value": "etcd"}', FleetLockUnavailable,
      "failed: etcd [generic_error] (HTTP 500)"),
+    (PRE_REBOOT, 400, b'{"kind": "bad", "value": "line one\\nline two\\u001b[31m"}',
+     FleetLockRefused, "refused a reboot slot: line one\\nline two\\x1b[31m [bad]"),
+    (PRE_REBOOT, 400, b'{"kind": "long", "value": "' + b"x" * 5000 + b'"}', FleetLockRefused,
+     "x" * 200 + "… (HTTP 400)"),
 ])
 def test_interpret_failures(endpoint: str, status: int, body: bytes, error: type[Exception],
                             message: str) -> None:

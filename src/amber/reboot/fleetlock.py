@@ -169,7 +169,7 @@ class FleetLock:
                     "next one", status=answer.status, kind=answer.kind, value=answer.value)
             pause = min(left, delay * (1 - jitter() / 2))
             log.info(f"FleetLock: every reboot slot of group '{self.group}' is taken "
-                     f"({answer.value or answer.kind}); asking again in {pause:.0f} s")
+                     f"({_error_text(answer.kind, answer.value)}); asking again in {pause:.0f} s")
             sleep(pause)
             delay = min(delay * 2, max_delay)
 
@@ -227,7 +227,6 @@ class FleetLock:
                                     self.url)
 
 
-
 def interpret(endpoint: str, status: int, body: bytes, location: str = "", *,
               url: str) -> Answer:
     """What an HTTP answer to a FleetLock request means: an Answer, or a FleetLockError."""
@@ -277,4 +276,7 @@ def protocol_error(body: bytes) -> tuple[str, str] | None:
 
 
 def _error_text(kind: str, value: str) -> str:
-    return f"{value} [{kind}]" if value else kind
+    """A server's error for a one-line message: control characters escaped, length capped."""
+    text = f"{value} [{kind}]" if value else kind
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= 200 else text[:200] + "…"
