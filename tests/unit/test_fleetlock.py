@@ -105,6 +105,16 @@ def test_a_slot_is_released_only_by_its_holder_and_only_when_asked(
     assert c.pre_reboot().outcome is GRANTED
 
 
+def test_racing_nodes_get_exactly_the_slots(server: FleetLockServer) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    locks = [client(server, f"node-{n}") for n in range(12)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        outcomes = list(pool.map(lambda lock: lock.pre_reboot().outcome, locks))
+    assert sorted(outcomes) == sorted([GRANTED] * 2 + [FULL] * 10)
+    assert len(server.holders()) == 2
+
+
 def test_groups_are_separate_semaphores() -> None:
     with FleetLockServer(groups={"workers": 1, "db-1": 1}) as server:
         assert client(server, "w1", "workers").pre_reboot().outcome is GRANTED
