@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_ruff() -> None:
-    paths = ["src", "tests", "tools", "bench"]
+    paths = ["src", "tests", "tools", "bench", "testing"]
     result = subprocess.run([sys.executable, "-m", "ruff", "check", *paths], cwd=REPO,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
