@@ -99,6 +99,13 @@ def test_a_last_line_without_newline_is_not_glued_to_the_next() -> None:
     assert result.content == b"A\nb\nc\nd\n"
 
 
+def test_an_ambiguous_place_is_a_conflict_not_a_guess() -> None:
+    """Found by the idempotence property: the admin added a repeated line, the package changed
+    the first one; where the added "x" goes is a guess, and merging the guess again grew it."""
+    result = merge_lines(b"x\nx\n", b"x\nx\nx\n", b"y\nx\n")
+    assert result.content is None and "unambiguously" in result.reason
+
+
 def test_files_too_different_are_a_conflict(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(lines, "MAX_DIFFERENCES", 5)
     base = b"".join(b"%d\n" % i for i in range(20))

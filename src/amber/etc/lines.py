@@ -111,7 +111,23 @@ def _backtrack(history: list[list[int]], n: int, m: int) -> list[tuple[int, int]
 
 
 def merge_lines(base: bytes, old: bytes, new: bytes) -> LineMerge:
-    """diff3 -m of old and new against base; content is None when a chunk conflicts."""
+    """diff3 -m of old and new against base; content is None when a chunk conflicts.
+
+    Repeated lines can make the place of a change ambiguous, and diff3 then guesses. A merge is
+    accepted only when its result already holds each side's change unambiguously (merging
+    either side into it again changes nothing); otherwise it is a conflict, never a guess."""
+    merged = _diff3(base, old, new)
+    if merged.content is None:
+        return merged
+    for side in (old, new):
+        again = _diff3(base, side, merged.content)
+        if again.content != merged.content:
+            return LineMerge(None, reason="the two sides' changes cannot be placed "
+                                          "unambiguously (repeated lines)")
+    return merged
+
+
+def _diff3(base: bytes, old: bytes, new: bytes) -> LineMerge:
     b, o, t = split_lines(base), split_lines(old), split_lines(new)
     try:
         to_old = dict(matching(b, o))
