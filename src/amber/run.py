@@ -9,6 +9,7 @@ import os
 import shlex
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from amber.log import AmberError, ExitCode, debug
@@ -72,3 +73,43 @@ def run(
     if check and result.returncode != 0:
         raise CommandFailed(args, result.returncode, result.stderr or "", where)
     return result
+
+
+@dataclass(frozen=True)
+class LimitedOutput:
+    stdout: bytes | None  # None: the program wrote more than the limit and was killed
+    returncode: int
+    stderr: str
+
+
+def read_output(argv: Sequence[str | os.PathLike[str]], *, stdin: int, limit: int
+                ) -> LimitedOutput:
+    """Run argv with stdin from a file descriptor and read at most limit bytes of its stdout
+    into memory; a program that writes more is killed there (a decompression bomb). Its
+    stderr is read at the end: for programs that say little there."""
+    args = [os.fspath(a) for a in argv]
+    debug(f"+ {command_line(args)} (at most {limit} bytes of output)")
+    try:
+        process = subprocess.Popen(args, stdin=stdin, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE)
+    except FileNotFoundError as e:
+        raise AmberError(f"cannot run {args[0]}: not installed",
+                         hint=f"install the package that provides {args[0]}",
+                         code=ExitCode.ENVIRONMENT) from e
+    assert process.stdout is not None and process.stderr is not None
+    pieces: list[bytes] = []
+    size = 0
+    with process:
+        while size <= limit:
+            piece = os.read(process.stdout.fileno(), 1 << 20)
+            if not piece:
+                break
+            pieces.append(piece)
+            size += len(piece)
+        if size > limit:
+            process.kill()
+            process.wait()
+            return LimitedOutput(None, process.returncode, "")
+        stderr = process.stderr.read().decode(errors="replace")
+        process.wait()
+    return LimitedOutput(b"".join(pieces), process.returncode, stderr)

@@ -294,7 +294,7 @@ def preflight(root: Path, arguments: Sequence[str], mode: str, base: str | None,
         releases = list(dict.fromkeys([running, *([next_release] if next_release else [])]))
     checked = []
     for f in files:
-        info = read_module(f)
+        info = read_module(f, settings.max_module_size)
         if mode != "live-only":
             check_next_boot(info, running, next_release, number, mode)
         checked.append(kernel.preflight(f, settings, root=root, kernel_releases=releases,
@@ -725,7 +725,7 @@ def revert_for_rollback(root: Path, target: int, apply_now: bool,
     if wanted:
         name, file = next(iter(wanted.items()))
         log.step(f"Loading snapshot {target}'s live patch {name} (replaces {', '.join(foreign)})")
-        module = read_module(file)
+        module = read_module(file, settings.max_module_size)
         kernel.load(file, module, paths, waiting(None, settings), syscalls)
         return foreign
     for name in foreign:
