@@ -529,9 +529,13 @@ def read_image(path: Path, limit: int = DEFAULT_MAX_MODULE_SIZE) -> bytes:
 def _read_file(path: Path, limit: int) -> bytes:
     """At most limit bytes: a module that is a link to /dev/zero or a huge file is refused
     after reading that much."""
+    pieces: list[bytes] = []
+    size = 0
     try:
         with path.open("rb") as file:
-            data = file.read(limit + 1)
+            while size <= limit and (piece := file.read(CHUNK)):
+                pieces.append(piece)
+                size += len(piece)
     except FileNotFoundError:
         raise AmberError(f"{path}: no such file", hint="check the path",
                          code=ExitCode.NOT_FOUND) from None
@@ -539,9 +543,9 @@ def _read_file(path: Path, limit: int) -> bytes:
         raise _bad(path, "is a directory") from None
     except OSError as e:
         raise AmberError(f"{path}: cannot read: {e.strerror}", code=ExitCode.NOT_FOUND) from None
-    if len(data) > limit:
+    if size > limit:
         raise _bad_module(path, TooLarge(limit, compressed=False))
-    return data
+    return b"".join(pieces)
 
 
 def read(path: Path, limit: int = DEFAULT_MAX_MODULE_SIZE) -> ModuleInfo:
