@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import functools
 import gzip
+import io
 import lzma
 import struct
 import subprocess
+import tarfile
 import zlib
 
 PIECE = 4 << 20
@@ -148,3 +150,35 @@ BOMBS = {
     "zst-many-frames": ("zst", zst_many_frames),
 }
 TESTERS = {"gz": ["gzip", "-t"], "xz": ["xz", "-t"], "zst": ["zstd", "-t", "-q"]}
+
+
+# ---- a .deb ----------------------------------------------------------------------------------
+
+def _tar_header(name: str, size_: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = size_, 0o644
+    return info.tobuf(tarfile.GNU_FORMAT)
+
+
+def _ar(members: list[tuple[str, bytes]]) -> bytes:
+    archive = b"!<arch>\n"
+    for name, data in members:
+        archive += f"{name:<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(data):<10}`\n".encode()
+        archive += data + b"\n" * (len(data) % 2)
+    return archive
+
+
+def deb_one_frame(module: bytes, module_path: str, pieces: int) -> bytes:
+    """A .deb holding the module and a file of zeros: its data.tar.zst is one zstd frame, the
+    tar headers and the module in raw blocks, the zeros (and the end of the tar) in RLE blocks."""
+    tar = _tar_header(f"./{module_path}", len(module)) + module + bytes(-len(module) % 512)
+    tar += _tar_header("./usr/share/amber-bomb/zeros", pieces * PIECE - 1024)
+    control = io.BytesIO()
+    with tarfile.open(fileobj=control, mode="w:gz") as archive:
+        text = (b"Package: amber-bomb\nVersion: 1\nArchitecture: all\n"
+                b"Maintainer: amber tests <tests@amber.invalid>\nDescription: a bomb\n")
+        info = tarfile.TarInfo("./control")
+        info.size = len(text)
+        archive.addfile(info, io.BytesIO(text))
+    return _ar([("debian-binary", b"2.0\n"), ("control.tar.gz", control.getvalue()),
+                ("data.tar.zst", zst_one_frame(tar, pieces))])
