@@ -10,12 +10,16 @@ everything before it. For PKCS#7 (id_type 2) every other field of the struct is 
 signer and key are named inside the PKCS#7 SignerInfo, read here with a minimal DER reader.
 
 Every problem with the file is an AmberError with ExitCode.BAD_MODULE naming the file; no other
-exception leaves parse() or read().
+exception leaves parse() or read(). Neither the file nor what it decompresses to may be larger
+than a limit ([livepatch] max_module_size): decompression happens in memory, in steps, and
+stops as soon as the output passes it, so a decompression bomb costs no more than the limit.
 """
 
 from __future__ import annotations
 
 import lzma
+import os
+import stat
 import struct
 import zlib
 from dataclasses import dataclass
@@ -310,7 +314,7 @@ class ModuleInfo:
     compression: str  # "", "xz", "zst" or "gz"
     signed_length: int  # bytes of the decompressed image that the signature covers
     signature: Signature | None
-    limit: int = DEFAULT_MAX_MODULE_SIZE  # read under this max_module_size; so are re-reads
+    limit: int  # the max_module_size it was read under; read_image() again keeps to it
 
     def values(self, key: str) -> list[str]:
         return [v for k, v in self.modinfo if k == key]
@@ -341,12 +345,12 @@ def format_size(size: int) -> str:
 class TooLarge(ModuleError):
     """More bytes than the limit: a decompression bomb, or not a module at all."""
 
+    hint = ("if this really is a module that large, raise max_module_size in [livepatch] of "
+            "/etc/amber/amber.conf")
+
     def __init__(self, limit: int, compressed: bool):
         what = "decompresses to more than" if compressed else "is larger than"
         super().__init__(f"{what} {format_size(limit)}; the largest real module is a few MiB")
-
-    hint = ("if this really is a module that large, raise max_module_size in [livepatch] of "
-            "/etc/amber/amber.conf")
 
 
 class Inflated:
@@ -416,8 +420,6 @@ def _unxz(data: bytes, limit: int) -> bytes:
 def _unzstd(data: bytes, limit: int) -> bytes:
     """The zstd program reads the data from memory and its output is read up to limit; a bomb
     is killed there. Nothing touches the disk."""
-    import os
-
     from amber.run import read_output
 
     source = os.memfd_create("amber-module.zst", os.MFD_CLOEXEC)
@@ -526,23 +528,37 @@ def read_image(path: Path, limit: int = DEFAULT_MAX_MODULE_SIZE) -> bytes:
         raise _bad_module(path, e) from None
 
 
+FILE_KINDS = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+              stat.S_IFIFO: "a pipe", stat.S_IFSOCK: "a socket"}
+
+
 def _read_file(path: Path, limit: int) -> bytes:
-    """At most limit bytes: a module that is a link to /dev/zero or a huge file is refused
-    after reading that much."""
-    pieces: list[bytes] = []
-    size = 0
+    """At most limit bytes of a regular file: a link to /dev/zero or a pipe is refused before
+    reading, a huge file after reading that much."""
     try:
-        with path.open("rb") as file:
-            while size <= limit and (piece := file.read(CHUNK)):
-                pieces.append(piece)
-                size += len(piece)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a pipe must not block
     except FileNotFoundError:
         raise AmberError(f"{path}: no such file", hint="check the path",
                          code=ExitCode.NOT_FOUND) from None
-    except IsADirectoryError:
-        raise _bad(path, "is a directory") from None
     except OSError as e:
         raise AmberError(f"{path}: cannot read: {e.strerror}", code=ExitCode.NOT_FOUND) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise _bad(path, "is a directory")
+        kind = FILE_KINDS.get(stat.S_IFMT(mode), "something else")
+        raise _bad(path, f"is not a regular file but {kind}", hint="pass the module file itself")
+    pieces: list[bytes] = []
+    size = 0
+    with open(fd, "rb") as file:
+        try:
+            while size <= limit and (piece := file.read(CHUNK)):
+                pieces.append(piece)
+                size += len(piece)
+        except OSError as e:
+            raise AmberError(f"{path}: cannot read: {e.strerror}",
+                             code=ExitCode.NOT_FOUND) from None
     if size > limit:
         raise _bad_module(path, TooLarge(limit, compressed=False))
     return b"".join(pieces)
