@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from amber import config, initrd, log, packages, transaction
-from amber.livepatch import kernel
+from amber.livepatch import kernel, payload
 from amber.livepatch.module import ModuleInfo, module_name_from_path
 from amber.livepatch.module import read as read_module
 from amber.log import AmberError, ExitCode, die
@@ -41,7 +41,6 @@ from amber.snapshots import Store
 LIVEPATCH_KEY = "livepatch"
 LIVEPATCH_ONLY_KEY = "livepatch-only"
 LIVEPATCH_RELEASE_KEY = "livepatch-kernel"
-MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 DRACUT_CONF = "etc/dracut.conf.d/50-amber-livepatch.conf"
 INITRAMFS_MODULES = "etc/initramfs-tools/modules"
 INITRAMFS_MARKER = "# live patch, loaded early (managed by amber livepatch apply)"
@@ -61,36 +60,13 @@ class Source:
 
 
 def is_module_file(name: str) -> bool:
-    return name.endswith(MODULE_SUFFIXES)
+    return name.endswith(payload.MODULE_SUFFIXES)
 
 
 def package_name(file: Path, kind: str) -> str:
     if kind == "deb":
         return run(["dpkg-deb", "-f", file, "Package"], capture=True).stdout.strip()
     return run(["rpm", "-qp", "--qf", "%{NAME}", file], capture=True).stdout.strip()
-
-
-def extract(file: Path, kind: str, dest: Path) -> None:
-    dest.mkdir(parents=True)
-    if kind == "deb":
-        run(["dpkg-deb", "-x", file, dest], capture=True, where=f"while unpacking {file}")
-        return
-    # cpio wants the archive on stdin; run() keeps text, so the archive goes through a file.
-    run(["sh", "-c", 'rpm2cpio "$1" > "$2" && cpio -idm --quiet --no-absolute-filenames < "$2"',
-         "sh", file.absolute(), dest / ".payload.cpio"], capture=True, cwd=dest,
-        where=f"while unpacking {file}")
-    (dest / ".payload.cpio").unlink()
-
-
-def modules_in(tree: Path) -> list[Path]:
-    """Kernel modules under (usr/)lib/modules/<release>/ of an unpacked package."""
-    found: list[Path] = []
-    for base in ("lib/modules", "usr/lib/modules"):
-        directory = tree / base
-        if directory.is_dir() and not directory.is_symlink():
-            found += [p for p in sorted(directory.rglob("*")) if is_module_file(p.name)
-                      and p.is_file()]
-    return found
 
 
 def download(root: Path, name: str, dest: Path) -> Path:
@@ -116,7 +92,10 @@ def download(root: Path, name: str, dest: Path) -> Path:
     return files[0]
 
 
-def resolve(root: Path, argument: str, work: Path) -> Source:
+def resolve(root: Path, argument: str, work: Path,
+            limit: int = config.DEFAULT_MAX_MODULE_SIZE) -> Source:
+    """The module files of a package file, package name or module file; a package's payload
+    is unpacked in memory, at most limit bytes of it ([livepatch] max_module_size)."""
     path = Path(argument)
     if is_module_file(argument):
         if not path.is_file():
@@ -136,9 +115,7 @@ def resolve(root: Path, argument: str, work: Path) -> Source:
     else:
         file = download(root, argument, work / "download")
     kind = "deb" if file.name.endswith(".deb") else "rpm"
-    tree = work / f"unpacked-{file.name}"
-    extract(file, kind, tree)
-    found = modules_in(tree)
+    found = payload.extract_modules(file, kind, work / f"unpacked-{file.name}", limit)
     if not found:
         die(f"{argument} contains no kernel module under /lib/modules/<release>/",
             hint="a live patch package carries its module in /lib/modules/<release>/livepatch/",
@@ -277,7 +254,8 @@ def preflight(root: Path, arguments: Sequence[str], mode: str, base: str | None,
     if not settings.enabled:  # before downloading or unpacking anything
         die("live patching is disabled on this system", hint="amber livepatch enable",
             code=ExitCode.LIVEPATCH_DISABLED)
-    sources = tuple(resolve(root, a, work / str(i)) for i, a in enumerate(arguments))
+    sources = tuple(resolve(root, a, work / str(i), settings.max_module_size)
+                    for i, a in enumerate(arguments))
     files = [f for s in sources for f in s.modules]
     running = running_release()
     base_option, number, next_release = None, None, None
@@ -294,7 +272,7 @@ def preflight(root: Path, arguments: Sequence[str], mode: str, base: str | None,
         releases = list(dict.fromkeys([running, *([next_release] if next_release else [])]))
     checked = []
     for f in files:
-        info = read_module(f)
+        info = read_module(f, settings.max_module_size)
         if mode != "live-only":
             check_next_boot(info, running, next_release, number, mode)
         checked.append(kernel.preflight(f, settings, root=root, kernel_releases=releases,
@@ -725,7 +703,7 @@ def revert_for_rollback(root: Path, target: int, apply_now: bool,
     if wanted:
         name, file = next(iter(wanted.items()))
         log.step(f"Loading snapshot {target}'s live patch {name} (replaces {', '.join(foreign)})")
-        module = read_module(file)
+        module = read_module(file, settings.max_module_size)
         kernel.load(file, module, paths, waiting(None, settings), syscalls)
         return foreign
     for name in foreign:

@@ -361,8 +361,9 @@ def load_error(path: Path, name: str, error: OSError) -> AmberError:
 def finit_module(path: Path, info_: ModuleInfo, syscalls: Syscalls) -> None:
     """Hand the file to the kernel; a compressed one is decompressed into a memfd first."""
     if info_.compression:
+        image = read_image(path, info_.limit)  # before the memfd: a bad file leaks no fd
         fd = os.memfd_create(f"amber-{info_.name}", os.MFD_CLOEXEC)
-        os.write(fd, read_image(path))
+        os.write(fd, image)
         os.lseek(fd, 0, os.SEEK_SET)
     else:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -614,7 +615,7 @@ def preflight(path: Path, config: LivepatchConfig, *, root: Path = Path("/"),
     if not config.enabled:
         die("live patching is disabled on this system",
             hint="amber livepatch enable", code=ExitCode.LIVEPATCH_DISABLED)
-    module = read(path)
+    module = read(path, config.max_module_size)
     if not module.livepatch:
         die(f"{path}: {module.name} is not a live patch (its modinfo has no livepatch=Y)",
             hint="load ordinary modules with modprobe", code=ExitCode.INCOMPATIBLE)
