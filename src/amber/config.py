@@ -17,6 +17,12 @@ from amber.log import ExitCode, die
 CONFIG_PATH = "etc/amber/amber.conf"
 STATE_PATH = "var/lib/amber/state.toml"
 SIGNATURE_POLICIES = ("off", "warn", "enforce")
+MiB = 1 << 20
+DEFAULT_MAX_MODULE_SIZE = 64 * MiB  # the largest module Debian ships is a few MiB
+MODULE_SIZE_RANGE = (1 * MiB, 4096 * MiB)
+SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "m": MiB, "mib": MiB,
+              "g": 1 << 30, "gib": 1 << 30}
+SIZE_KEYS = frozenset({"max_module_size"})  # bytes, or a string such as "64M" or "64 MiB"
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,8 @@ class LivepatchConfig:
     signature_policy: str = "warn"  # off | warn | enforce
     trusted_keys: str = "/etc/amber/keys"  # PEM or DER certificates trusted for module signatures
     transition_timeout: float = 60.0  # seconds to wait for a patch transition before reversing it
+    # bytes: a module file, or what it decompresses to, beyond this is refused (a bomb)
+    max_module_size: int = DEFAULT_MAX_MODULE_SIZE
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,28 @@ def _read_toml(path: Path) -> dict[str, Any]:
             code=ExitCode.CONFIG)
 
 
+def parse_size(text: str) -> int | None:
+    """Bytes from "67108864", "64M", "64 MiB" or "0.5G" (binary units); None if not a size."""
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if not match or match[2].lower() not in SIZE_UNITS:
+        return None
+    return int(float(match[1]) * SIZE_UNITS[match[2].lower()])
+
+
+def _size(value: Any, key: str, name: str, path: Path) -> Any:
+    """A size key's string form as bytes; other types are left to the type check."""
+    if not isinstance(value, str):
+        return value
+    size = parse_size(value)
+    if size is None:
+        die(f"{path}: '{key}' in [{name}] is not a size: {value!r}",
+            hint='write bytes or a number with K, M or G (binary units), e.g. "64M"',
+            code=ExitCode.CONFIG)
+    return size
+
+
 def _section(cls: Any, data: Any, name: str, path: Path) -> Any:
     if not isinstance(data, dict):
         die(f"{path}: [{name}] must be a table", code=ExitCode.CONFIG)
@@ -64,6 +94,8 @@ def _section(cls: Any, data: Any, name: str, path: Path) -> Any:
         if key_name not in fields:
             die(f"{path}: unknown key '{key}' in [{name}]",
                 hint=f"known keys: {', '.join(sorted(fields))}", code=ExitCode.CONFIG)
+        if key_name in SIZE_KEYS:
+            value = _size(value, key, name, path)
         default = fields[key_name].default
         expected = type(default)
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
@@ -89,6 +121,12 @@ def parse(data: dict[str, Any], path: Path) -> Config:
             code=ExitCode.CONFIG)
     if config.snapshots.keep < 1:
         die(f"{path}: keep must be at least 1", code=ExitCode.CONFIG)
+    low, high = MODULE_SIZE_RANGE
+    if not low <= config.livepatch.max_module_size <= high:
+        die(f"{path}: max_module_size in [livepatch] must be between {low // MiB} MiB and "
+            f"{high // MiB} MiB, not {config.livepatch.max_module_size} bytes",
+            hint='the default is "64M"; the largest real module is a few MiB',
+            code=ExitCode.CONFIG)
     return config
 
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from amber.errors import AmberError, ExitCode
@@ -78,3 +80,57 @@ def run(
     if check and result.returncode != 0:
         raise CommandFailed(args, result.returncode, result.stderr or "", where, code)
     return result
+
+
+@dataclass(frozen=True)
+class LimitedOutput:
+    stdout: bytes | None  # None: the program wrote more than the limit and was killed
+    returncode: int
+    stderr: str
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Closing the pipe makes the writer die of SIGPIPE and lets a program reap its own
+    helpers (dpkg-deb's decompressor); what is still running a moment later is killed."""
+    import signal
+
+    assert process.stdout is not None
+    process.stdout.close()
+    try:
+        process.wait(timeout=2)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def read_output(argv: Sequence[str | os.PathLike[str]], *, stdin: int, limit: int
+                ) -> LimitedOutput:
+    """Run argv with stdin from a file descriptor and read at most limit bytes of its stdout
+    into memory; a program that writes more is stopped there (a decompression bomb), and so
+    is it when the caller is interrupted. Its stderr is read at the end: for programs that say
+    little there."""
+    args = [os.fspath(a) for a in argv]
+    debug(f"+ {command_line(args)} (at most {limit} bytes of output)")
+    try:
+        process = subprocess.Popen(args, stdin=stdin, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, process_group=0)
+    except FileNotFoundError as e:
+        raise AmberError(f"cannot run {args[0]}: not installed",
+                         hint=f"install the package that provides {args[0]}",
+                         code=ExitCode.ENVIRONMENT) from e
+    assert process.stdout is not None and process.stderr is not None
+    pieces: list[bytes] = []
+    size = 0
+    with process:
+        try:
+            while size <= limit and (piece := os.read(process.stdout.fileno(), 1 << 20)):
+                pieces.append(piece)
+                size += len(piece)
+        finally:
+            if size > limit or sys.exc_info()[0] is not None:
+                _stop(process)
+        if size > limit:
+            return LimitedOutput(None, process.returncode, "")
+        stderr = process.stderr.read().decode(errors="replace")
+        process.wait()
+    return LimitedOutput(b"".join(pieces), process.returncode, stderr)

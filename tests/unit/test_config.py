@@ -21,6 +21,7 @@ def test_defaults_without_file(tmp_path: Path) -> None:
     assert c.snapshots.keep == 10
     assert c.livepatch.enabled is False
     assert c.livepatch.signature_policy == "warn"
+    assert c.livepatch.max_module_size == 64 << 20
 
 
 def test_values(tmp_path: Path) -> None:
@@ -32,6 +33,15 @@ def test_values(tmp_path: Path) -> None:
     assert c.livepatch.transition_timeout == 5.0
 
 
+@pytest.mark.parametrize(("value", "size"), [
+    ("67108864", 64 << 20), ("'64M'", 64 << 20), ("'64 MiB'", 64 << 20), ("'0.5g'", 512 << 20),
+    ("'2048k'", 2 << 20), ("' 1 MiB '", 1 << 20), ("'4G'", 4 << 30),
+])
+def test_max_module_size(tmp_path: Path, value: str, size: int) -> None:
+    write(tmp_path, f"[livepatch]\nmax-module-size = {value}\n")
+    assert config.load(tmp_path).livepatch.max_module_size == size
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("[snapshots]\nkeep = 'many'\n", "must be int"),
     ("[snapshots]\nkeep = true\n", "must be int"),
@@ -40,6 +50,13 @@ def test_values(tmp_path: Path) -> None:
     ("[snapshot]\n", "unknown section [snapshot]"),
     ("[livepatch]\nsignature_policy = 'maybe'\n", "signature_policy must be one of"),
     ("not toml at all", "is not valid TOML"),
+    ("[livepatch]\nmax_module_size = 'lots'\n", "'max_module_size' in [livepatch] is not a size"),
+    ("[livepatch]\nmax_module_size = '64 MB'\n", "is not a size: '64 MB'"),
+    ("[livepatch]\nmax_module_size = true\n", "'max_module_size' in [livepatch] must be int"),
+    ("[livepatch]\nmax_module_size = 64.5\n", "'max_module_size' in [livepatch] must be int"),
+    ("[livepatch]\nmax_module_size = -1\n", "max_module_size in [livepatch] must be between"),
+    ("[livepatch]\nmax_module_size = '3 KiB'\n", "must be between 1 MiB and 4096 MiB"),
+    ("[livepatch]\nmax_module_size = '5G'\n", "max_module_size in [livepatch] must be between"),
 ])
 def test_errors(tmp_path: Path, text: str, message: str) -> None:
     write(tmp_path, text)

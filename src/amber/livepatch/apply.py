@@ -94,7 +94,8 @@ def make_plan(root: Path, arguments: Sequence[str], mode: Mode, base: str | None
     """The preflight: every check before any snapshot exists, and what the transaction does."""
     settings = config.load(root).livepatch
     policy.require_enabled(settings)  # before downloading or unpacking anything
-    sources = tuple(resolve(root, a, work / str(i)) for i, a in enumerate(arguments))
+    sources = tuple(resolve(root, a, work / str(i), settings.max_module_size)
+                    for i, a in enumerate(arguments))
     files = [f for s in sources for f in s.modules]
     running = running_release()
     base_option, number, next_release = None, None, None
@@ -111,7 +112,7 @@ def make_plan(root: Path, arguments: Sequence[str], mode: Mode, base: str | None
         releases = list(dict.fromkeys([running, *([next_release] if next_release else [])]))
     checked = []
     for f in files:
-        info = read_module(f)
+        info = read_module(f, settings.max_module_size)
         if mode != Mode.LIVE_ONLY:
             policy.check_next_boot(info, running, next_release, number, mode)
         checked.append(policy.check_module(f, settings, root=root, kernel_releases=releases,
@@ -341,7 +342,7 @@ def revert_for_rollback(root: Path, target: int, apply_now: bool,
     if wanted:
         name, file = next(iter(wanted.items()))
         log.step(f"Loading snapshot {target}'s live patch {name} (replaces {', '.join(foreign)})")
-        module = read_module(file)
+        module = read_module(file, settings.max_module_size)
         kernel.load(file, module, paths, waiting(None, settings), syscalls)
         return foreign
     for name in foreign:

@@ -80,7 +80,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     release = args.kernel_release or running_release()
     results = []
     for path in args.files:
-        info = module.read(path)
+        info = module.read(path, settings.max_module_size)
         results.append(inspect_json(info, str(signature.verdict(info, trusted)), release))
     if args.json:
         log.print_json(results)

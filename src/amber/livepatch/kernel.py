@@ -359,8 +359,9 @@ def load_error(path: Path, name: str, error: OSError) -> AmberError:
 def finit_module(path: Path, info_: ModuleInfo, syscalls: Syscalls) -> None:
     """Hand the file to the kernel; a compressed one is decompressed into a memfd first."""
     if info_.compression:
+        image = read_image(path, info_.limit)  # before the memfd: a bad file leaks no fd
         fd = os.memfd_create(f"amber-{info_.name}", os.MFD_CLOEXEC)
-        os.write(fd, read_image(path))
+        os.write(fd, image)
         os.lseek(fd, 0, os.SEEK_SET)
     else:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

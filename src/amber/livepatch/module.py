@@ -10,25 +10,29 @@ everything before it. For PKCS#7 (id_type 2) every other field of the struct is 
 signer and key are named inside the PKCS#7 SignerInfo, read here with a minimal DER reader.
 
 Every problem with the file is an AmberError with ExitCode.BAD_MODULE naming the file; no other
-exception leaves parse() or read().
+exception leaves parse() or read(). Neither the file nor what it decompresses to may be larger
+than a limit ([livepatch] max_module_size): decompression happens in memory, in steps, and
+stops as soon as the output passes it, so a decompression bomb costs no more than the limit.
 """
 
 from __future__ import annotations
 
-import gzip
 import lzma
+import os
+import stat
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from amber.config import DEFAULT_MAX_MODULE_SIZE
 from amber.log import AmberError, ExitCode
 
 SIGNATURE_MARKER = b"~Module signature appended~\n"
 SIGNATURE_STRUCT = struct.Struct(">5B3xI")
 PKEY_ID_PKCS7 = 2
-MAX_MODULE_SIZE = 1 << 30  # a decompression bomb stops here
+CHUNK = 1 << 20  # decompressed bytes per step: a bomb is stopped within one step of the limit
+XZ_MEMORY_ALLOWANCE = 16 << 20
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -59,6 +63,8 @@ KNOWN_MODINFO_KEYS = frozenset(
 
 class ModuleError(Exception):
     """A malformed file; parse() turns it into AmberError with the file's name."""
+
+    hint: str | None = None
 
 
 # ---- DER ----------------------------------------------------------------------------------
@@ -308,6 +314,7 @@ class ModuleInfo:
     compression: str  # "", "xz", "zst" or "gz"
     signed_length: int  # bytes of the decompressed image that the signature covers
     signature: Signature | None
+    limit: int  # the max_module_size it was read under; read_image() again keeps to it
 
     def values(self, key: str) -> list[str]:
         return [v for k, v in self.modinfo if k == key]
@@ -328,47 +335,143 @@ def module_name_from_path(path: Path) -> str:
     return name.removesuffix(".ko").replace("-", "_")
 
 
-def _zstd_decompress(data: bytes) -> bytes:
-    from amber.run import run
-
-    with tempfile.TemporaryDirectory(prefix="amber-zstd-") as tmp:
-        source, target = Path(tmp) / "in.zst", Path(tmp) / "out"
-        source.write_bytes(data)
-        try:
-            run(["zstd", "-d", "-q", "-f", "-o", target, source], capture=True)
-        except AmberError as e:
-            if e.code == ExitCode.ENVIRONMENT:
-                raise
-            raise ModuleError("bad zstd compression") from e
-        if target.stat().st_size > MAX_MODULE_SIZE:
-            raise ModuleError("decompressed module is too large")
-        return target.read_bytes()
+def format_size(size: int) -> str:
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= factor:
+            return f"{size / factor:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size} bytes"
 
 
-def decompress(data: bytes, path: Path) -> tuple[str, bytes]:
-    """(compression, image): detected by magic, checked against the file name."""
+class TooLarge(ModuleError):
+    """More bytes than the limit: a decompression bomb, or not a module at all."""
+
+    hint = ("if this really is a module that large, raise max_module_size in [livepatch] of "
+            "/etc/amber/amber.conf")
+
+    def __init__(self, limit: int, compressed: bool):
+        what = "decompresses to more than" if compressed else "is larger than"
+        super().__init__(f"{what} {format_size(limit)}; the largest real module is a few MiB")
+
+
+class Inflated:
+    """Decompressed output collected in pieces, refused as soon as it passes the limit."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.size = 0
+        self.pieces: list[bytes] = []
+
+    def add(self, piece: bytes) -> None:
+        self.size += len(piece)
+        if self.size > self.limit:
+            self.pieces.clear()
+            raise TooLarge(self.limit, compressed=True)
+        self.pieces.append(piece)
+
+    def join(self) -> bytes:
+        return b"".join(self.pieces)
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Every gzip member in turn (as kmod reads them), each byte counted against limit."""
+    output = Inflated(limit)
+    rest = data
+    while True:
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip header and trailer
+        pending = rest
+        while not inflater.eof:
+            piece = inflater.decompress(pending, CHUNK)
+            pending = inflater.unconsumed_tail
+            if not piece and not pending and not inflater.eof:
+                raise ModuleError("gz data truncated")
+            output.add(piece)
+        rest = inflater.unused_data
+        if not rest:
+            return output.join()
+        if not rest.startswith(GZIP_MAGIC):
+            raise ModuleError("bytes after the end of the gz data")
+
+
+def _unxz(data: bytes, limit: int) -> bytes:
+    """Every xz stream in turn (as kmod reads them), each byte counted against limit.
+
+    The decoder may use the limit plus a little: a dictionary larger than the whole output
+    is never needed, and real modules are compressed with a 1 MiB one."""
+    output = Inflated(limit)
+    rest = data
+    while True:
+        decoder = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=limit + XZ_MEMORY_ALLOWANCE)
+        output.add(decoder.decompress(rest, CHUNK))
+        while not decoder.eof:
+            if decoder.needs_input:
+                raise ModuleError("xz data truncated")
+            output.add(decoder.decompress(b"", CHUNK))
+        rest = decoder.unused_data
+        padding = len(rest) - len(rest.lstrip(b"\0"))  # allowed between streams, by fours
+        rest = rest[padding:]
+        if padding % 4:
+            raise ModuleError("xz stream padding is not a multiple of four bytes")
+        if not rest:
+            return output.join()
+        if not rest.startswith(XZ_MAGIC):
+            raise ModuleError("bytes after the end of the xz data")
+
+
+def _unzstd(data: bytes, limit: int) -> bytes:
+    """The zstd program reads the data from memory and its output is read up to limit; a bomb
+    is killed there. Nothing touches the disk."""
+    from amber.run import read_output
+
+    source = os.memfd_create("amber-module.zst", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(source, view):]
+        os.lseek(source, 0, os.SEEK_SET)
+        result = read_output(["zstd", "-d", "-c", "-q"], stdin=source, limit=limit)
+    finally:
+        os.close(source)
+    if result.stdout is None:
+        raise TooLarge(limit, compressed=True)
+    if result.returncode != 0:
+        import re
+
+        lines = result.stderr.strip().splitlines() or ["zstd failed"]
+        detail = re.sub(r"^(zstd: )?/\*stdin\*\\\s*:\s*", "", lines[-1].strip())
+        raise ModuleError(f"bad zstd data: {detail}")
+    return result.stdout
+
+
+def decompress(data: bytes, path: Path, limit: int = DEFAULT_MAX_MODULE_SIZE
+               ) -> tuple[str, bytes]:
+    """(compression, image): detected by magic, checked against the file name; an image of
+    more than limit bytes raises TooLarge, found out while decompressing."""
     suffix = path.suffix
     try:
         if data.startswith(XZ_MAGIC):
-            decompressor = lzma.LZMADecompressor()
-            image = decompressor.decompress(data, max_length=MAX_MODULE_SIZE)
-            if not decompressor.eof:
-                raise ModuleError("xz stream truncated or too large")
-            return "xz", image
+            return "xz", _unxz(data, limit)
         if data.startswith(ZSTD_MAGIC):
-            return "zst", _zstd_decompress(data)
+            return "zst", _unzstd(data, limit)
         if data.startswith(GZIP_MAGIC):
-            return "gz", gzip.decompress(data)
-    except (lzma.LZMAError, OSError, EOFError, zlib.error) as e:
-        raise ModuleError(f"bad {suffix.lstrip('.') or 'compressed'} data: {e}") from e
+            return "gz", _gunzip(data, limit)
+    except lzma.LZMAError as e:
+        if "memory usage limit" in str(e).lower():
+            raise ModuleError(f"xz data needs more memory to decompress than "
+                              f"{format_size(limit + XZ_MEMORY_ALLOWANCE)} (a dictionary "
+                              "larger than max_module_size)") from None
+        raise ModuleError(f"bad xz data: {e}") from None
+    except zlib.error as e:
+        raise ModuleError(f"bad gz data: {e}") from None
     if suffix in (".xz", ".zst", ".gz"):
         raise ModuleError(f"not {suffix.lstrip('.')}-compressed as its name says")
+    if len(data) > limit:
+        raise TooLarge(limit, compressed=False)
     return "", data
 
 
-def parse_image(data: bytes, path: Path) -> ModuleInfo:
+def parse_image(data: bytes, path: Path, limit: int = DEFAULT_MAX_MODULE_SIZE) -> ModuleInfo:
     """Parse the bytes of a module file (possibly compressed); raises ModuleError."""
-    compression, image = decompress(data, path)
+    compression, image = decompress(data, path, limit)
     signed_length, signature = split_signature(image)
     section = find_section(image[:signed_length], ".modinfo")
     if section is None:
@@ -392,50 +495,79 @@ def parse_image(data: bytes, path: Path) -> ModuleInfo:
         compression=compression,
         signed_length=signed_length,
         signature=signature,
+        limit=limit,
     )
 
 
-def _bad(path: Path, problem: str) -> AmberError:
+def _bad(path: Path, problem: str, hint: str | None = None) -> AmberError:
     return AmberError(f"{path}: {problem}",
-                      hint="check that this is a kernel module (.ko, .ko.xz or .ko.zst) "
-                           "and that it was copied completely",
+                      hint=hint or "check that this is a kernel module (.ko, .ko.xz or .ko.zst) "
+                                   "and that it was copied completely",
                       code=ExitCode.BAD_MODULE)
 
 
-def parse(data: bytes, path: Path) -> ModuleInfo:
+def _bad_module(path: Path, error: ModuleError) -> AmberError:
+    return _bad(path, str(error), error.hint)
+
+
+def parse(data: bytes, path: Path, limit: int = DEFAULT_MAX_MODULE_SIZE) -> ModuleInfo:
     """parse_image() with every failure as AmberError(BAD_MODULE) naming path."""
     try:
-        return parse_image(data, path)
+        return parse_image(data, path, limit)
     except ModuleError as e:
-        raise _bad(path, str(e)) from None
+        raise _bad_module(path, e) from None
     except (ValueError, IndexError, struct.error, MemoryError, RecursionError) as e:
         raise _bad(path, f"malformed ({type(e).__name__}: {e})") from None
 
 
-def read_image(path: Path) -> bytes:
+def read_image(path: Path, limit: int = DEFAULT_MAX_MODULE_SIZE) -> bytes:
     """The decompressed bytes of a module file (what the kernel checks the signature on)."""
-    data = _read_file(path)
     try:
-        return decompress(data, path)[1]
+        return decompress(_read_file(path, limit), path, limit)[1]
     except ModuleError as e:
-        raise _bad(path, str(e)) from None
+        raise _bad_module(path, e) from None
 
 
-def _read_file(path: Path) -> bytes:
+FILE_KINDS = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+              stat.S_IFIFO: "a pipe", stat.S_IFSOCK: "a socket"}
+
+
+def _read_file(path: Path, limit: int) -> bytes:
+    """At most limit bytes of a regular file: a link to /dev/zero or a pipe is refused before
+    reading, a huge file after reading that much."""
     try:
-        return path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a pipe must not block
     except FileNotFoundError:
         raise AmberError(f"{path}: no such file", hint="check the path",
                          code=ExitCode.NOT_FOUND) from None
-    except IsADirectoryError:
-        raise _bad(path, "is a directory") from None
     except OSError as e:
         raise AmberError(f"{path}: cannot read: {e.strerror}", code=ExitCode.NOT_FOUND) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise _bad(path, "is a directory")
+        kind = FILE_KINDS.get(stat.S_IFMT(mode), "something else")
+        raise _bad(path, f"is not a regular file but {kind}", hint="pass the module file itself")
+    pieces: list[bytes] = []
+    size = 0
+    with open(fd, "rb") as file:
+        try:
+            while size <= limit and (piece := file.read(CHUNK)):
+                pieces.append(piece)
+                size += len(piece)
+        except OSError as e:
+            raise AmberError(f"{path}: cannot read: {e.strerror}",
+                             code=ExitCode.NOT_FOUND) from None
+    if size > limit:
+        raise _bad_module(path, TooLarge(limit, compressed=False))
+    return b"".join(pieces)
 
 
-def read(path: Path) -> ModuleInfo:
-    """Parse the module file at path."""
-    return parse(_read_file(path), path)
+def read(path: Path, limit: int = DEFAULT_MAX_MODULE_SIZE) -> ModuleInfo:
+    """Parse the module file at path; neither the file nor its decompressed image may be
+    larger than limit bytes ([livepatch] max_module_size)."""
+    return parse(_read_file(path, limit), path, limit)
 
 
 def incompatibility(info: ModuleInfo, kernel_release: str) -> str | None:

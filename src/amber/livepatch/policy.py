@@ -61,7 +61,7 @@ def check_module(path: Path, config: LivepatchConfig, *, root: Path = Path("/"),
     """
     paths = paths or KernelPaths.from_environment()
     releases = list(kernel_releases) if kernel_releases else [running_release()]
-    module = read(path)
+    module = read(path, config.max_module_size)
     if not module.livepatch:
         die(f"{path}: {module.name} is not a live patch (its modinfo has no livepatch=Y)",
             hint="load ordinary modules with modprobe", code=ExitCode.INCOMPATIBLE)

@@ -144,7 +144,7 @@ def signing_certificate(info: ModuleInfo, trusted: list[Certificate]) -> Certifi
 def verifies(info: ModuleInfo, certificate: Certificate) -> bool:
     """Whether the signature checks out against certificate's key (openssl does the math)."""
     assert info.signature is not None
-    image = read_image(info.path)
+    image = read_image(info.path, info.limit)
     with tempfile.TemporaryDirectory(prefix="amber-verify-") as tmp:
         folder = Path(tmp)
         (folder / "content").write_bytes(image[:info.signed_length])

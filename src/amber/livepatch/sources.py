@@ -7,11 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from amber import packages
+from amber import config, packages
+from amber.livepatch import payload
 from amber.log import ExitCode, die
 from amber.run import run
 
-MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Source:
 
 
 def is_module_file(name: str) -> bool:
-    return name.endswith(MODULE_SUFFIXES)
+    return name.endswith(payload.MODULE_SUFFIXES)
 
 
 def package_name(file: Path, kind: str) -> str:
@@ -35,28 +35,8 @@ def package_name(file: Path, kind: str) -> str:
                code=ExitCode.BAD_MODULE).stdout.strip()
 
 
-def extract(file: Path, kind: str, dest: Path) -> None:
-    dest.mkdir(parents=True)
-    if kind == "deb":
-        run(["dpkg-deb", "-x", file, dest], capture=True, where=f"while unpacking {file}",
-            code=ExitCode.BAD_MODULE)
-        return
-    # cpio wants the archive on stdin; run() keeps text, so the archive goes through a file.
-    run(["sh", "-c", 'rpm2cpio "$1" > "$2" && cpio -idm --quiet --no-absolute-filenames < "$2"',
-         "sh", file.absolute(), dest / ".payload.cpio"], capture=True, cwd=dest,
-        where=f"while unpacking {file}", code=ExitCode.BAD_MODULE)
-    (dest / ".payload.cpio").unlink()
 
 
-def modules_in(tree: Path) -> list[Path]:
-    """Kernel modules under (usr/)lib/modules/<release>/ of an unpacked package."""
-    found: list[Path] = []
-    for base in ("lib/modules", "usr/lib/modules"):
-        directory = tree / base
-        if directory.is_dir() and not directory.is_symlink():
-            found += [p for p in sorted(directory.rglob("*")) if is_module_file(p.name)
-                      and p.is_file()]
-    return found
 
 
 def download(root: Path, name: str, dest: Path) -> Path:
@@ -72,7 +52,10 @@ def download(root: Path, name: str, dest: Path) -> Path:
     return files[0]
 
 
-def resolve(root: Path, argument: str, work: Path) -> Source:
+def resolve(root: Path, argument: str, work: Path,
+            limit: int = config.DEFAULT_MAX_MODULE_SIZE) -> Source:
+    """The module files of a package file, package name or module file; a package's payload
+    is unpacked in memory, at most limit bytes of it ([livepatch] max_module_size)."""
     path = Path(argument)
     if is_module_file(argument):
         if not path.is_file():
@@ -92,9 +75,7 @@ def resolve(root: Path, argument: str, work: Path) -> Source:
     else:
         file = download(root, argument, work / "download")
     kind = "deb" if file.name.endswith(".deb") else "rpm"
-    tree = work / f"unpacked-{file.name}"
-    extract(file, kind, tree)
-    found = modules_in(tree)
+    found = payload.extract_modules(file, kind, work / f"unpacked-{file.name}", limit)
     if not found:
         die(f"{argument} contains no kernel module under /lib/modules/<release>/",
             hint="a live patch package carries its module in /lib/modules/<release>/livepatch/",
