@@ -325,6 +325,8 @@ def _normalize_continue(argv: list[str]) -> list[str]:
         if arg == "--":
             out += argv[i:]
             break
+        # Any digits are meant as its value ('²' too, so that Ref.parse refuses it rather
+        # than it being run as the command).
         if arg in ("--continue", "-c") and not (i + 1 < len(argv) and argv[i + 1].isdigit()):
             arg = "--continue=default"
         out.append(arg)
