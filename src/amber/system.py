@@ -267,6 +267,19 @@ def cleanup_candidates(snapshots: list[Snapshot], keep: int, protected: set[int]
     return sorted(doomed)
 
 
+def _is_leftover(s: Store, number: int) -> bool:
+    """A directory that holds no snapshot and nothing but metadata (a crash between reserving
+    the number and making the snapshot); anything else in it is not amber's to remove."""
+    import os
+
+    directory = s.dir / str(number)
+    try:
+        return not directory.is_symlink() and set(os.listdir(directory)) <= {"info.xml",
+                                                                               "info.xml.tmp"}
+    except OSError:
+        return False
+
+
 def cleanup(root: Path, *, keep: int | None = None, wait: bool = False) -> list[int]:
     from amber import config
 
@@ -286,7 +299,7 @@ def cleanup(root: Path, *, keep: int | None = None, wait: bool = False) -> list[
             s.delete(n)
         # Directories without a snapshot are leftovers of a crash before the snapshot existed.
         for n in s.numbers():
-            if not s.exists(n) and n not in protected:
+            if n not in protected and _is_leftover(s, n):
                 s.delete(n)
     log.info(f"removed {len(doomed)} snapshot(s)" + (f": {', '.join(map(str, doomed))}"
                                                      if doomed else ""))

@@ -175,6 +175,28 @@ def test_pin_writes_only_its_own_info_xml(root: Root) -> None:
     assert rows(root)[3]["pinned"] and not rows(root)[2]["pinned"]
 
 
+def test_cleanup_follows_no_symbolic_link_and_keeps_what_is_not_its_own(root: Root) -> None:
+    """A snapshot directory whose `snapshot` is a link to pinned 2 is not a snapshot: deleting
+    "it" would delete 2. A directory without a snapshot but with other files is not a leftover."""
+    root.add("2", info_xml(2, "pinned", {"pinned": "yes"}))
+    root.add("3", info_xml(3))
+    (root.store / "4").mkdir()
+    (root.store / "4/info.xml").write_text(info_xml(4))
+    (root.store / "4/snapshot").symlink_to("../2/snapshot")
+    root.add("5", info_xml(5))
+    (root.store / "6").mkdir()
+    (root.store / "6/notes.txt").write_text("the admin's\n")
+    (root.store / "7").symlink_to("2")
+    assert sorted(rows(root)) == [1, 2, 3, 5]
+    assert amber_json(root.path, "cleanup", "--keep", "1") == {"removed": [3]}
+    assert root.names() == ["1", "2", "4", "5", "6", "7"]
+    assert (root.store / "2/snapshot/bin/sh").exists()
+    assert (root.store / "6/notes.txt").exists()
+    for number in ("4", "7"):
+        one_line_error(amber(root.path, "delete", number, check=False), ExitCode.NOT_FOUND)
+    assert (root.store / "2/snapshot/bin/sh").exists()
+
+
 # ---- findings 6 and 9: names and references that are not snapshot numbers ---------------------
 
 @pytest.mark.parametrize("name", ["²", "٣", "007", "0"])

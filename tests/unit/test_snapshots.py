@@ -284,8 +284,12 @@ def test_write_info_reads_back_what_it_wrote(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path / ".snapshots/2")) == ["info.xml", "snapshot"]
 
 
-# Every code point, surrogates and control characters included.
-any_text = st.text(alphabet=st.characters(exclude_categories=()), max_size=30)
+# Every code point, surrogates and control characters included, and pieces of markup.
+MARKUP = ["<", ">", "&", "&amp;", "&lt;", "&#13;", "&#1;", "&bogus;", "]]>", "</description>",
+          "<userdata>", "<![CDATA[", "<!DOCTYPE x>", "<?xml?>", "\r\n", "\r", " ", "\t", "\n",
+          "\udcff", "\ud800", "\x1b", "\x00", "\ufffe", "\ufeff"]
+any_text = st.lists(st.one_of(st.text(alphabet=st.characters(exclude_categories=()), max_size=8),
+                              st.sampled_from(MARKUP)), max_size=8).map("".join)
 key_text = st.from_regex(r"[a-z][a-z0-9-]{0,15}", fullmatch=True)
 
 
