@@ -208,7 +208,7 @@ class InfoError(AmberError):
     """An info.xml that cannot be trusted; `reason` says why, without the path."""
 
     def __init__(self, reason: str, where: str = "info.xml"):
-        super().__init__(f"{where}: {reason}", hint="fix or remove the file")
+        super().__init__(f"{where} {reason}", hint="fix or remove the file")
         self.reason = reason
 
 
