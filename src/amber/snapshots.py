@@ -116,6 +116,7 @@ class Ref(NamedTuple):
 _UNCARRIED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _UNCARRIED_BUT_BYTES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udc7f\udd00-\udfff"
                                   "\ufffe\uffff]")
+_STRAY_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
 _XML_SPACE = " \t\n\r"
 
 
@@ -153,7 +154,7 @@ def unicode_text(text: str) -> str:
     try:
         text.encode()
     except UnicodeEncodeError:
-        return _UNCARRIED_BUT_BYTES.sub(_visible, text).encode(
+        return _STRAY_SURROGATE.sub("\ufffd", text).encode(
             "utf-8", "surrogateescape").decode("utf-8", "replace")
     return text
 

@@ -318,3 +318,25 @@ def test_any_text_round_trips_through_info_xml(description: str, value: str, key
 def test_parsing_what_was_rendered_is_stable(description: str) -> None:
     snap = parse_info(render_info(Snapshot(number=1, date="", description=description)))
     assert parse_info(render_info(snap)) == snap
+
+
+def test_listing_shows_hostile_text_harmlessly() -> None:
+    """A description read from disk may hold a terminal escape or bytes that are not UTF-8:
+    the table shows them visibly, the JSON as Unicode, and a broken snapshot says why."""
+    import json
+
+    from amber.system import Row, render_snapshot_table
+
+    hostile = Snapshot(number=2, date="2024-01-01 00:00:00", description="\x1b[2J\x9b1m caf\udce9",
+                       userdata={"k\udcff": "v\udcfe"})
+    broken = Snapshot.unreadable(3, "info.xml is not valid XML: syntax error")
+    rows = [Row(hostile, True, False, False), Row(broken, True, False, False)]
+    table = render_snapshot_table(rows)
+    assert "␛[2J\ufffd1m caf\ufffd" in table and "\x1b" not in table and "\x9b" not in table
+    table.encode()  # printable on a UTF-8 terminal
+    assert "!" in table.splitlines()[2] and "(info.xml is not valid XML" in table
+    listed = [row.as_json() for row in rows]
+    json.dumps(listed, ensure_ascii=False).encode()
+    assert listed[0]["description"] == "\x1b[2J\x9b1m caf\ufffd"
+    assert listed[0]["userdata"] == {"k\ufffd": "v\ufffd"}
+    assert listed[0]["broken"] is None and listed[1]["broken"].startswith("info.xml is not")
