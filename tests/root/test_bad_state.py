@@ -96,7 +96,7 @@ def root(tmp_path: Path) -> Iterator[Root]:
     require(shutil.which("ldd") is not None, "needs ldd to copy a shell")
     image = tmp_path / "bare.img"
     subprocess.run(["truncate", "-s", "320M", str(image)], check=True)
-    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True)
+    subprocess.run(["mkfs.btrfs", "-q", str(image)], check=True, capture_output=True)
     device = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
                             capture_output=True, text=True).stdout.strip()
     top, path = tmp_path / "top", tmp_path / "root"
@@ -134,6 +134,11 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> None:
     lines = result.stderr.splitlines()
     errors = [i for i, line in enumerate(lines) if line.startswith("error: ")]
     assert len(errors) == 1 and lines[errors[0] + 1].startswith("  hint: "), result.stderr
+
+
+def run(root: Root, *args: str) -> Any:
+    """`amber run --json ARGS` (--json before the command's `--`)."""
+    return json.loads(amber(root.path, "run", "--json", *args).stdout)
 
 
 def rows(root: Root) -> dict[int, dict[str, Any]]:
@@ -209,7 +214,7 @@ def test_directories_that_are_not_snapshot_numbers(root: Root, name: str) -> Non
     assert amber(root.path, "snapshots").returncode == 0
     assert amber_json(root.path, "cleanup", "--keep", "1") == {"removed": [2]}
     assert name in root.names()  # not a snapshot amber knows, so not amber's to remove
-    outcome = amber_json(root.path, "run", "--", "true")
+    outcome = run(root, "--", "true")
     assert outcome["snapshot"] == 4 and (root.store / name / "snapshot").is_dir()
 
 
@@ -310,13 +315,13 @@ def _parsed_description(root: Root, number: int) -> str:
 
 def test_control_characters_in_a_description(root: Root) -> None:
     given = "bell\x07 escape\x1b[31m nul-free \x01\x08\x0b\x0c\x1f end"
-    outcome = amber_json(root.path, "run", "-m", given, "--", "true")
+    outcome = run(root, "-m", given, "--", "true")
     assert _parsed_description(root, 2) == outcome["description"] == rows(root)[2]["description"]
     assert outcome["description"] == "bell␇ escape␛[31m nul-free ␁␈␋␌␟ end"
 
 
 def test_control_characters_in_the_command_line(root: Root) -> None:
-    outcome = amber_json(root.path, "run", "--", "sh", "-c", "true '\x1b[1m\x07'")
+    outcome = run(root, "--", "sh", "-c", "true '\x1b[1m\x07'")
     assert _parsed_description(root, 2) == outcome["description"]
     assert "␛[1m␇" in outcome["description"]
 
