@@ -98,6 +98,9 @@ class Ref(NamedTuple):
     @classmethod
     def parse(cls, text: str, names: Collection[str] = ("booted", "default"),
               what: str = "a snapshot") -> Ref:
+        """The one parser of snapshot references: ASCII digits without a leading zero, or
+        one of `names`; anything else is a usage error (exit 2). Whether the snapshot exists
+        is Store.resolve's question (exit 5)."""
         if _NUMBER.fullmatch(text):
             return cls(text, int(text))
         if text in names:
