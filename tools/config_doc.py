@@ -54,9 +54,9 @@ def sections() -> tuple[Section, ...]:
     amber_parser()  # puts this checkout's src on sys.path
     from amber import config
 
-    found = []
+    found: list[Section] = []
     for section in dataclasses.fields(config.Config):
-        cls = section.default_factory  # type: ignore[misc]
+        cls = section.default_factory
         assert isinstance(cls, type), section
         comments = field_comments(cls)
         keys = []
