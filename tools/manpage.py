@@ -107,6 +107,8 @@ EXAMPLES = (
     (None, "amber livepatch apply kernel-livepatch-6_1_0-10-amd64.rpm"),
     ("Work on another system root, for example a mounted image:",
      "amber --root /mnt status --json"),
+    ("Build a Debian 12 image to try amber in, with amber's package from a checkout:",
+     "amber image build --size 8G amber.img"),
 )
 
 SEE_ALSO = ("snapper(8)", "btrfs-subvolume(8)", "dracut(8)", "update-initramfs(8)",
