@@ -38,7 +38,9 @@ FILE_POSITIONALS = ("packages", "sources")  # names from the repositories, or lo
 
 
 # ---- what each argument takes, shell-neutral ------------------------------------------------
-# "snapshots [WORD...]", "words WORD...", "files", "dirs", "command" or "" (free text)
+# "snapshots [WORD...]", "words WORD...", "livepatches" (loaded now: /sys/kernel/livepatch, or
+# $AMBER_SYSFS/kernel/livepatch as amber reads it),
+# "files", "dirs", "command" or "" (free text)
 
 def positional_kind(cmd: Command, arg: Positional) -> str:
     verb = cmd.path[-1] if cmd.path else ""
@@ -46,6 +48,8 @@ def positional_kind(cmd: Command, arg: Positional) -> str:
         return " ".join(("snapshots", *SNAPSHOT_VERBS[verb]))
     if arg.choices:
         return " ".join(("words", *arg.choices))
+    if cmd.path[:1] == ("livepatch",) and arg.dest == "name":
+        return "livepatches"
     if arg.nargs == argparse.REMAINDER:
         return "command"
     if arg.is_path or arg.dest in FILE_POSITIONALS:
@@ -112,6 +116,9 @@ _amber_reply() {
         words\ *)
             extra=${kind#words }
             COMPREPLY+=($(compgen -W "${extra// /$nl}" -- "$cur")) ;;
+        livepatches)
+            extra=$(cd "${AMBER_SYSFS:-/sys}/kernel/livepatch" 2>/dev/null && printf '%s\n' *)
+            COMPREPLY+=($(compgen -W "${extra/#\*/}" -- "$cur")) ;;
         files) compopt -o filenames 2>/dev/null; COMPREPLY+=($(compgen -f -- "$cur")) ;;
         dirs) compopt -o filenames 2>/dev/null; COMPREPLY+=($(compgen -d -- "$cur")) ;;
         command) COMPREPLY+=($(compgen -c -- "$cur")) ;;
@@ -252,6 +259,13 @@ _amber_snapshots() {
   compadd -V snapshots -- ${(on)numbers} "$@"
 }
 
+# Live patches loaded in the running kernel.
+_amber_livepatches() {
+  local -a names
+  names=( ${AMBER_SYSFS:-/sys}/kernel/livepatch/*(N/:t) )
+  compadd -- $names
+}
+
 # A command and its arguments (amber run [--] COMMAND...): what zsh completes for COMMAND.
 _amber_command() {
   if [[ $words[1] == -- ]]; then
@@ -299,7 +313,8 @@ def zsh_action(kind: str) -> str:
         return "{" + " ".join(["_amber_snapshots", *words[1:]]) + "}"
     if words[0] == "words":
         return "(" + " ".join(words[1:]) + ")"
-    return {"files": "_files", "dirs": "_files -/", "command": "_amber_command"}[words[0]]
+    return {"files": "_files", "dirs": "_files -/", "command": "_amber_command",
+            "livepatches": "{_amber_livepatches}"}[words[0]]
 
 
 def zsh_option_specs(options: Iterable[Option]) -> list[str]:

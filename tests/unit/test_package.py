@@ -252,6 +252,19 @@ def test_bash_completes_snapshot_numbers(bash_script: Path, system_root: Path) -
         assert "1" in bash_complete(bash_script, "amber", "--root", root, "boot-once", "")
 
 
+def test_bash_completes_loaded_live_patches(bash_script: Path, tmp_path: Path) -> None:
+    for name in ("amber_lp_v1", "amber_lp_v2"):
+        (tmp_path / "kernel/livepatch" / name).mkdir(parents=True)
+    env = {"AMBER_SYSFS": str(tmp_path)}
+    assert bash_complete(bash_script, "amber", "livepatch", "revert", "", env=env) == \
+        ["amber_lp_v1", "amber_lp_v2"]
+    assert bash_complete(bash_script, "amber", "livepatch", "unload", "amber_lp_v",
+                         env=env) == ["amber_lp_v1", "amber_lp_v2"]
+    (tmp_path / "kernel/livepatch" / "amber_lp_v1").rmdir()
+    (tmp_path / "kernel/livepatch" / "amber_lp_v2").rmdir()
+    assert bash_complete(bash_script, "amber", "livepatch", "revert", "", env=env) == []
+
+
 def test_completion_names_only_verbs_that_exist() -> None:
     offered = set(verbs(model()))
     assert {"rollback", "delete", "pin", "unpin", "diff"} <= set(completion.SNAPSHOT_VERBS)
