@@ -163,7 +163,7 @@ def build(output: Path) -> Path:
         stage(root, changelog)
         control_files(root, changelog)
         clamp_times(root, changelog.epoch)
-        partial = output / f".{deb.name}.partial"
+        partial = output / f".{deb.name}.{os.getpid()}.partial"
         env = {**os.environ, "SOURCE_DATE_EPOCH": str(changelog.epoch)}
         result = subprocess.run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(root),
                                  str(partial)], env=env, capture_output=True, text=True)

@@ -316,7 +316,8 @@ class VM:
         sources give the same file, and so the same image key)."""
         self.cache.mkdir(parents=True, exist_ok=True)
         repo = Path(__file__).resolve().parents[2]
-        result = subprocess.run([str(repo / "tools/package"), "--output", str(self.cache)],
+        # In this VM's own state folder: the cache is shared with other checkouts.
+        result = subprocess.run([str(repo / "tools/package"), "--output", str(self.state / "dist")],
                                 capture_output=True, text=True)
         if result.returncode != 0:
             die(f"tools/package failed: {result.stderr.strip()}", code=ExitCode.ENVIRONMENT)
