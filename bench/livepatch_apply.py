@@ -19,10 +19,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
+from amber.vm import VM, default_state  # noqa: E402
 from tests.livepatch_packages import build_livepatch_rpm  # noqa: E402
 from tests.modules import build  # noqa: E402
-
-from amber.vm import VM, default_state  # noqa: E402
 
 
 def guest_seconds(vm: VM, argv: list[str], timeout: float = 1800) -> tuple[float, str]:

@@ -4,9 +4,10 @@ The harness is the bootloader, as SUSE's GRUB is: before each boot it reads the 
 initrd and /etc/kernel/cmdline of the *default* snapshot from the stopped disk, and boots them
 with no subvol= on the command line, so the kernel mounts the default subvolume.
 
-The host talks to a small agent in the guest (`python3 -m amber.vm agent`, enabled only in the
-test image) over qemu's user network, forwarded from 127.0.0.1 only. One TCP connection runs one
-command; frames carry stdin, stdout, stderr and the exit code, binary-safe.
+The host talks to a small agent in the guest (this module, copied to /usr/lib/amber-test/agent.py
+and enabled only in the test image) over qemu's user network, forwarded from 127.0.0.1 only. One
+TCP connection runs one command; frames carry stdin, stdout, stderr and the exit code,
+binary-safe.
 
 Everything lives in a state folder: the cached images, the running disk (a sparse copy of the
 image: the host filesystem may have no reflinks, and the harness must read the disk between
@@ -161,7 +162,7 @@ Description=amber test agent (test images only)
 After=local-fs.target
 
 [Service]
-ExecStart=/usr/bin/python3 -m amber.vm agent
+ExecStart=/usr/bin/python3 /usr/lib/amber-test/agent.py agent
 Restart=always
 
 [Install]
@@ -182,6 +183,8 @@ LinkLocalAddressing=no
         "ccp", "i2c_piix4"))
     wants = "/etc/systemd/system/multi-user.target.wants"
     return (
+        # amber's package leaves this module out: the agent is added to test images only.
+        ExtraFile("/usr/lib/amber-test/agent.py", Path(__file__).read_text()),
         ExtraFile("/etc/modprobe.d/amber-test-vm.conf", blacklist),
         ExtraFile(f"/etc/systemd/system/{AGENT_UNIT}", unit),
         ExtraFile(f"{wants}/{AGENT_UNIT}", link_to=f"/etc/systemd/system/{AGENT_UNIT}"),
@@ -298,16 +301,27 @@ class VM:
         from amber import image
 
         spec = self.image_spec()
-        source = Path(__file__).parent
-        key = image.image_key(spec, image.apt_sources_text(), source)
+        deb = self.amber_package()
+        key = image.image_key(spec, image.apt_sources_text(), deb)
         path = self.cache / f"test-{key}.raw"
         if path.exists() and image.info_path(path).exists():
             return path
-        self.cache.mkdir(parents=True, exist_ok=True)
         for old in self.cache.glob("test-*.raw*"):
             old.unlink()
-        image.build(path, spec, cache_dir=self.cache, amber_source=source)
+        image.build(path, spec, cache_dir=self.cache, amber_deb=deb)
         return path
+
+    def amber_package(self) -> Path:
+        """amber's .deb, built from this checkout by tools/package (reproducible: the same
+        sources give the same file, and so the same image key)."""
+        self.cache.mkdir(parents=True, exist_ok=True)
+        repo = Path(__file__).resolve().parents[2]
+        # In this VM's own state folder: the cache is shared with other checkouts.
+        result = subprocess.run([str(repo / "tools/package"), "--output", str(self.state / "dist")],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            die(f"tools/package failed: {result.stderr.strip()}", code=ExitCode.ENVIRONMENT)
+        return Path(result.stdout.strip())
 
     def kernel_release(self) -> str:
         from amber import image
@@ -499,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["agent"]:
         agent_main()
-    print("usage: python3 -m amber.vm agent", file=sys.stderr)
+    print("usage: agent.py agent", file=sys.stderr)
     return 2
 
 
