@@ -77,6 +77,7 @@ LinkLocalAddressing=no
         "ccp", "i2c_piix4"))
     wants = "/etc/systemd/system/multi-user.target.wants"
     return (
+        # amber's package leaves this module out: the agent is added to test images only.
         ExtraFile("/etc/modprobe.d/amber-test-vm.conf", blacklist),
         ExtraFile(AGENT_PATH, (Path(__file__).parent / "agent.py").read_text(), mode=0o755),
         ExtraFile(f"/etc/systemd/system/{AGENT_UNIT}", unit),
@@ -191,20 +192,30 @@ class VM:
 
     def build(self) -> Path:
         """The test image, built or reused from the cache keyed by its inputs."""
-        import amber
         from amber import image
 
         spec = self.image_spec()
-        source = Path(amber.__file__).parent
-        key = image.image_key(spec, image.apt_sources_text(), source)
+        deb = self.amber_package()
+        key = image.image_key(spec, image.apt_sources_text(), deb)
         path = self.cache / f"test-{key}.raw"
         if path.exists() and image.info_path(path).exists():
             return path
-        self.cache.mkdir(parents=True, exist_ok=True)
         for old in self.cache.glob("test-*.raw*"):
             old.unlink()
-        image.build(path, spec, cache_dir=self.cache, amber_source=source)
+        image.build(path, spec, cache_dir=self.cache, amber_deb=deb)
         return path
+
+    def amber_package(self) -> Path:
+        """amber's .deb, built from this checkout by tools/package (reproducible: the same
+        sources give the same file, and so the same image key)."""
+        self.cache.mkdir(parents=True, exist_ok=True)
+        repo = Path(__file__).resolve().parents[1]
+        # In this VM's own state folder: the cache is shared with other checkouts.
+        result = subprocess.run([str(repo / "tools/package"), "--output", str(self.state / "dist")],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            die(f"tools/package failed: {result.stderr.strip()}", code=ExitCode.ENVIRONMENT)
+        return Path(result.stdout.strip())
 
     def kernel_release(self) -> str:
         from amber import image

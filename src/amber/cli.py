@@ -9,10 +9,13 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amber import __version__, log
 from amber.log import AmberError, ExitCode
+
+if TYPE_CHECKING:
+    from amber.snapshots import Ref
 
 Handler = Callable[[argparse.Namespace], int]
 Adder = Callable[[argparse.ArgumentParser], None]
@@ -23,9 +26,12 @@ Adder = Callable[[argparse.ArgumentParser], None]
 def _transaction_options(args: argparse.Namespace) -> Any:
     from amber.transaction import Options
 
+    base = args.continue_from
+    if base is not None:
+        base = _ref(base, ("default",), "a snapshot for --continue").text
     return Options(
         root=args.root,
-        base=args.continue_from,
+        base=base,
         description=args.description,
         drop_if_no_change=args.drop_if_no_change,
         wait=args.wait,
@@ -104,7 +110,8 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
 def cmd_rollback(args: argparse.Namespace) -> int:
     from amber import system
 
-    result = system.rollback(args.root, args.target, revert_livepatches=args.revert_livepatches,
+    target = None if args.target is None else _ref(args.target, ("booted", "default", "last"))
+    result = system.rollback(args.root, target, revert_livepatches=args.revert_livepatches,
                              wait=args.wait)
     if args.json:
         log.print_json(result)
@@ -114,14 +121,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_pin(args: argparse.Namespace) -> int:
     from amber import system
 
-    system.pin(args.root, args.number, pinned=args.verb == "pin", wait=args.wait)
+    system.pin(args.root, _ref(args.number), pinned=args.verb == "pin", wait=args.wait)
     return 0
 
 
 def cmd_delete(args: argparse.Namespace) -> int:
     from amber import system
 
-    system.delete(args.root, args.numbers, wait=args.wait)
+    system.delete(args.root, [_ref(n, ()) for n in args.numbers], wait=args.wait)
     return 0
 
 
@@ -137,7 +144,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 def cmd_diff(args: argparse.Namespace) -> int:
     from amber import packages, system
 
-    a, b = system.resolve_pair(args.root, args.a, args.b)
+    a, b = system.resolve_pair(args.root, _ref(args.a), _ref(args.b))
     changes = packages.diff(system.store(args.root).path(a), system.store(args.root).path(b))
     if args.json:
         log.print_json(changes.as_json())
@@ -148,10 +155,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 # ---- parser --------------------------------------------------------------------------------
 
-def _snapshot_arg(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"not a snapshot number: {text!r}")
-    return int(text)
+def _ref(text: str, names: tuple[str, ...] = ("booted", "default"),
+         what: str = "a snapshot") -> Ref:
+    """Every verb that names a snapshot parses it here (amber.snapshots.Ref)."""
+    from amber.snapshots import Ref
+
+    return Ref.parse(text, names, what)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -198,7 +207,7 @@ def _add_pkg(p: argparse.ArgumentParser) -> None:
 def _add_rollback(p: argparse.ArgumentParser) -> None:
     _common(p)
     p.add_argument("target", nargs="?", default=None, metavar="N|last",
-                   help="snapshot number, or 'last' (the previous default); "
+                   help="snapshot number, 'booted', 'default' or 'last' (the previous default); "
                         "without it: the booted snapshot")
     p.add_argument("--revert-livepatches", action="store_true",
                    help="make the running kernel's live patches match the target now: "
@@ -208,13 +217,13 @@ def _add_rollback(p: argparse.ArgumentParser) -> None:
 
 def _add_pin(p: argparse.ArgumentParser) -> None:
     _common(p)
-    p.add_argument("number", type=_snapshot_arg)
+    p.add_argument("number", metavar="N", help="snapshot number (or 'booted', 'default')")
     p.set_defaults(handler=cmd_pin)
 
 
 def _add_delete(p: argparse.ArgumentParser) -> None:
     _common(p)
-    p.add_argument("numbers", type=_snapshot_arg, nargs="+", metavar="N")
+    p.add_argument("numbers", nargs="+", metavar="N", help="snapshot numbers")
     p.set_defaults(handler=cmd_delete)
 
 
@@ -316,6 +325,8 @@ def _normalize_continue(argv: list[str]) -> list[str]:
         if arg == "--":
             out += argv[i:]
             break
+        # Any digits are meant as its value ('²' too, so that Ref.parse refuses it rather
+        # than it being run as the command).
         if arg in ("--continue", "-c") and not (i + 1 < len(argv) and argv[i + 1].isdigit()):
             arg = "--continue=default"
         out.append(arg)

@@ -2,13 +2,12 @@
 
 The slow part, the Debian root filesystem made by mmdebstrap, is cached as a tarball keyed by its
 inputs (suite, packages, dracut settings, the host's apt sources). Assembling an image from it
-(mkfs, extract, configure, copy amber in, layout.finish) takes seconds, so a change to amber's
-own code rebuilds only that part.
+(mkfs, extract, configure, install amber's Debian package, layout.finish) takes seconds, so a
+change to amber's own code rebuilds only that part.
 """
 
 from __future__ import annotations
 
-import compileall
 import contextlib
 import datetime
 import hashlib
@@ -175,19 +174,18 @@ def rootfs_key(spec: ImageSpec, sources: str) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def tree_hash(directory: Path) -> str:
-    """A hash of the Python sources under directory (amber's own code, for cache keys)."""
+def file_hash(path: Path) -> str:
     digest = hashlib.sha256()
-    for path in sorted(directory.rglob("*.py")):
-        digest.update(str(path.relative_to(directory)).encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
     return digest.hexdigest()[:16]
 
 
-def image_key(spec: ImageSpec, sources: str, amber_source: Path) -> str:
-    """The cache key of a whole image: its root filesystem, amber's code and the rest of spec."""
+def image_key(spec: ImageSpec, sources: str, amber_deb: Path) -> str:
+    """The cache key of a whole image: its root filesystem, amber's package and the rest of spec."""
     extras = [(f.path, f.content, f.mode, f.link_to) for f in spec.extra_files]
-    inputs = {"rootfs": rootfs_key(spec, sources), "amber": tree_hash(amber_source),
+    inputs = {"rootfs": rootfs_key(spec, sources), "amber": file_hash(amber_deb),
               "size": spec.size, "cmdline": spec.kernel_cmdline, "hostname": spec.hostname,
               "extras": extras}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
@@ -305,15 +303,66 @@ def mounted(device: Path, options: str = "") -> Iterator[Path]:
             run(["umount", str(where)], check=False)
 
 
-def install_amber(rootfs: Path, source: Path) -> None:
-    """amber itself, as Debian would install a Python package, with bytecode: / is read-only."""
-    dest = rootfs / "usr/lib/python3/dist-packages/amber"
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    compileall.compile_dir(dest, quiet=1)
-    script = rootfs / "usr/bin/amber"
-    script.write_text("#!/usr/bin/python3\nimport sys\n\nfrom amber.cli import main\n\n"
-                      "sys.exit(main())\n")
-    script.chmod(0o755)
+# ---- amber's own package -------------------------------------------------------------------
+# The image gets amber as a user does, from its Debian package (tools/package builds it from a
+# checkout), so that dpkg knows its files and the image carries no test code.
+
+def package_name() -> str:
+    return f"amber_{amber.__version__}_all.deb"
+
+
+def source_checkout() -> Path | None:
+    """The checkout this amber runs from, if it runs from one (and not from its package)."""
+    top = Path(amber.__file__).resolve().parents[2]
+    return top if (top / "packaging" / "debian").is_dir() else None
+
+
+def _newest_source(top: Path) -> Path | None:
+    files = [path for folder in ("src/amber", "packaging", "tools")
+             for path in (top / folder).rglob("*")
+             if path.is_file() and "__pycache__" not in path.parts]
+    return max(files, key=lambda path: path.stat().st_mtime, default=None)
+
+
+def find_package(explicit: Path | None = None) -> Path:
+    """The .deb to install: the one named; else the checkout's dist/ one, if not older than the
+    sources; else the one apt kept after installing amber from a repository."""
+    if explicit is not None:
+        if not explicit.is_file():
+            die(f"no such package: {explicit}", hint="pass the .deb that tools/package built",
+                code=ExitCode.NOT_FOUND)
+        return explicit.absolute()
+    top = source_checkout()
+    if top is not None:
+        deb = top / "dist" / package_name()
+        if not deb.is_file():
+            die(f"amber's package {deb} does not exist",
+                hint="build it with tools/package, or pass --amber-deb FILE",
+                code=ExitCode.NOT_FOUND)
+        newest = _newest_source(top)
+        if newest is not None and newest.stat().st_mtime > deb.stat().st_mtime:
+            die(f"{deb} is older than {newest.relative_to(top)}",
+                hint="rebuild it with tools/package, or pass --amber-deb FILE",
+                code=ExitCode.NOT_FOUND)
+        return deb
+    kept = Path("/var/cache/apt/archives") / package_name()
+    if kept.is_file():
+        return kept
+    die("no amber package to install in the image",
+        hint="pass --amber-deb FILE (tools/package builds it from a checkout of amber)",
+        code=ExitCode.NOT_FOUND)
+
+
+def install_amber(rootfs: Path, deb: Path) -> None:
+    """dpkg in the image's chroot installs the package; its postinst byte-compiles the modules
+    now, while / is still writable."""
+    inside = rootfs / "tmp" / deb.name
+    shutil.copyfile(deb, inside)
+    try:
+        run(["chroot", str(rootfs), "dpkg", "--install", f"/tmp/{deb.name}"], capture=True,
+            where="while installing amber's package in the image")
+    finally:
+        inside.unlink(missing_ok=True)
 
 
 def write_extra_file(rootfs: Path, extra: ExtraFile) -> None:
@@ -356,7 +405,7 @@ def configure(rootfs: Path, spec: ImageSpec, fs_uuid: str, info: dict[str, str])
     info_file.write_text(json.dumps(info, indent=2) + "\n")
 
 
-def assemble(image: Path, spec: ImageSpec, tarball: Path, amber_source: Path) -> BuiltImage:
+def assemble(image: Path, spec: ImageSpec, tarball: Path, amber_deb: Path) -> BuiltImage:
     fs_uuid = str(uuid.uuid4())
     with open(image, "wb") as f:
         f.truncate(spec.size)
@@ -381,7 +430,7 @@ def assemble(image: Path, spec: ImageSpec, tarball: Path, amber_source: Path) ->
                 "built": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
         log.step(f"Configuring the system (kernel {release}) and installing amber")
         configure(rootfs, spec, fs_uuid, info)
-        install_amber(rootfs, amber_source)
+        install_amber(rootfs, amber_deb)
         for extra in spec.extra_files:
             write_extra_file(rootfs, extra)
         log.step("Splitting off the shared subvolumes and closing snapshot 1")
@@ -394,20 +443,20 @@ def info_path(image: Path) -> Path:
 
 
 def build(image: Path, spec: ImageSpec, cache_dir: Path = DEFAULT_CACHE_DIR,
-          amber_source: Path | None = None) -> BuiltImage:
+          amber_deb: Path | None = None) -> BuiltImage:
     """Build image; on failure nothing is left behind but the cache."""
     check_host()
     image = image.absolute()
     if not image.parent.is_dir():
         die(f"cannot create {image}: {image.parent} is not a directory",
             hint="create the directory first", code=ExitCode.NOT_FOUND)
-    source = amber_source or Path(amber.__file__).parent
+    deb = find_package(amber_deb)
     tarball = rootfs_tarball(spec, cache_dir)
     check_size(spec, tarball.stat().st_size)
     check_free_space(image.parent, tarball.stat().st_size + HEADROOM)
     partial = image.with_name(f".{image.name}.{os.getpid()}.partial")
     try:
-        built = assemble(partial, spec, tarball, source)
+        built = assemble(partial, spec, tarball, deb)
         os.rename(partial, image)
     finally:
         partial.unlink(missing_ok=True)

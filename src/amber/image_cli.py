@@ -15,7 +15,7 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     spec = image.ImageSpec(size=image.parse_size(args.size),
                            include=image.parse_packages(args.include),
                            kernel_cmdline=args.kernel_cmdline)
-    built = image.build(args.image, spec, cache_dir=args.cache_dir)
+    built = image.build(args.image, spec, cache_dir=args.cache_dir, amber_deb=args.amber_deb)
     if args.json:
         print_json(built.as_json())
     return 0
@@ -39,4 +39,7 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
     b.add_argument("--cache-dir", type=Path, default=Path("/var/cache/amber/image"),
                    help="where the Debian root filesystem tarball is cached "
                         "(default: /var/cache/amber/image)")
+    b.add_argument("--amber-deb", type=Path, default=None, metavar="FILE",
+                   help="amber's Debian package to install in the image (default: dist/ of the "
+                        "checkout amber runs from, as tools/package builds it)")
     b.set_defaults(handler=cmd_image_build)

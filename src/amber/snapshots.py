@@ -7,10 +7,13 @@ read as they are, and the ones amber writes are listed by snapper.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
+import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,7 +25,16 @@ SHARED_SUBVOLUMES = ("var", "home", "root", "opt", "srv", "usr/local")
 IN_PROGRESS_KEY = "transactional-update-in-progress"
 PINNED_KEY = "pinned"
 IMPORTANT_KEY = "important"
-_SNAPSHOT_PATH = re.compile(r"(?:^|/)\.snapshots/(\d+)/snapshot$")
+# A snapshot number, as a directory name and on the command line: ASCII digits without a
+# leading zero (str.isdigit() and int() also take '²', '٣' or '007').
+_NUMBER = re.compile(r"[1-9][0-9]{0,17}")
+_SNAPSHOT_PATH = re.compile(r"(?:^|/)\.snapshots/([1-9][0-9]{0,17})/snapshot$")
+INFO_LIMIT = 1 << 20  # bytes of info.xml read at most (snapper's are a few hundred)
+
+
+def number_of_name(name: str) -> int | None:
+    """The snapshot number a directory name spells, or None."""
+    return int(name) if _NUMBER.fullmatch(name) else None
 
 
 _NO_USERDATA: Mapping[str, str] = {}
@@ -31,7 +43,7 @@ _NO_USERDATA: Mapping[str, str] = {}
 class Snapshot(NamedTuple):
     """A snapshot's metadata (immutable; a NamedTuple because it is cheap to import)."""
 
-    number: int
+    number: int  # always the number of its directory
     date: str  # UTC, "YYYY-MM-DD HH:MM:SS" as snapper writes it
     description: str = ""
     type: str = "single"
@@ -39,6 +51,13 @@ class Snapshot(NamedTuple):
     userdata: Mapping[str, str] = _NO_USERDATA
     pre_num: int | None = None
     uid: int | None = None
+    # Why its info.xml cannot be trusted ("" when it can); then the fields above are empty,
+    # and amber neither rewrites nor deletes the snapshot on its own.
+    broken: str = ""
+
+    @classmethod
+    def unreadable(cls, number: int, reason: str) -> Snapshot:
+        return cls(number=number, date="", type="", broken=reason)
 
     @property
     def pinned(self) -> bool:
@@ -62,9 +81,106 @@ class Snapshot(NamedTuple):
                 data[key] = value
         return self._replace(userdata=data)
 
+    def cleaned(self) -> Snapshot:
+        """A copy whose text info.xml can carry (for metadata that is new, see clean_text)."""
+        return self._replace(
+            date=clean_text(self.date), description=clean_text(self.description),
+            type=clean_text(self.type), cleanup=clean_text(self.cleanup),
+            userdata={clean_text(k): clean_text(v) for k, v in self.userdata.items()})
+
+
+class Ref(NamedTuple):
+    """A snapshot as a command line names it: a number, or a name (booted, default, last)."""
+
+    text: str
+    number: int | None  # None for a name
+
+    @classmethod
+    def parse(cls, text: str, names: Collection[str] = ("booted", "default"),
+              what: str = "a snapshot") -> Ref:
+        """The one parser of snapshot references: ASCII digits without a leading zero, or
+        one of `names`; anything else is a usage error (exit 2). Whether the snapshot exists
+        is Store.resolve's question (exit 5)."""
+        if _NUMBER.fullmatch(text):
+            return cls(text, int(text))
+        if text in names:
+            return cls(text, None)
+        spelled = ", ".join(f"'{n}'" for n in names)
+        die(f"not {what}: {text!r}",
+            hint="a snapshot number as 'amber snapshots' lists it (1, 2, …)"
+                 + (f", or {spelled}" if names else ""), code=ExitCode.USAGE)
+
+
+# ---- text that info.xml can carry --------------------------------------------------------------
+
+# XML 1.0 carries neither C0 controls but tab, newline and carriage return, nor U+FFFE, U+FFFF
+# or surrogates. A surrogate escape U+DC80..U+DCFF stands for a byte that was not UTF-8 in a file
+# read with surrogateescape; keep_bytes keeps those, so that a rewrite writes the same bytes.
+_UNCARRIED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_UNCARRIED_BUT_BYTES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udc7f\udd00-\udfff"
+                                  "\ufffe\uffff]")
+_STRAY_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+_XML_SPACE = " \t\n\r"
+
+
+def _visible(match: re.Match[str]) -> str:
+    char = match.group()
+    return chr(0x2400 + ord(char)) if char < " " else "\ufffd"
+
+
+def clean_text(text: str, keep_bytes: bool = False) -> str:
+    """Text fit for info.xml: a control character becomes its visible symbol (ESC → ␛), a
+    surrogate or non-character U+FFFD; what XML carries is kept exactly."""
+    pattern = _UNCARRIED_BUT_BYTES if keep_bytes else _UNCARRIED
+    return pattern.sub(_visible, text) if pattern.search(text) else text
+
+
+_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _shown_char(match: re.Match[str]) -> str:
+    char = match.group()
+    if char < " ":
+        return chr(0x2400 + ord(char))
+    return "\u2421" if char == "\x7f" else "\ufffd"
+
+
+def shown(text: str) -> str:
+    """Text for a terminal: control characters visible, undecodable bytes as U+FFFD."""
+    return _UNSHOWN.sub(_shown_char, text) if _UNSHOWN.search(text) else text
+
+
+def unicode_text(text: str) -> str:
+    """Text for JSON: undecodable bytes (surrogate escapes) as U+FFFD."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return _STRAY_SURROGATE.sub("\ufffd", text).encode(
+            "utf-8", "surrogateescape").decode("utf-8", "replace")
+    return text
+
+
+# ---- info.xml ----------------------------------------------------------------------------------
+
+def _references(text: str) -> str:
+    return "".join(f"&#{ord(c)};" for c in text)
+
 
 def escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Text as info.xml carries it (see render_info)."""
+    text = clean_text(text, keep_bytes=True)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    if "\r" in text:  # a parser reads a literal one as a newline
+        text = text.replace("\r", "&#13;")
+    # The reader strips the literal whitespace around a value (a pretty-printer's indentation);
+    # whitespace that belongs to the value is written as character references.
+    if text and (text[0] in _XML_SPACE or text[-1] in _XML_SPACE):
+        start = len(text) - len(text.lstrip(_XML_SPACE))
+        end = max(start, len(text.rstrip(_XML_SPACE)))
+        text = _references(text[:start]) + text[start:end] + _references(text[end:])
+    return text
 
 
 def now_utc() -> str:
@@ -72,6 +188,8 @@ def now_utc() -> str:
 
 
 def render_info(snapshot: Snapshot) -> str:
+    """info.xml as snapper writes it. Text it cannot carry is written as clean_text makes it,
+    except surrogate escapes, which Store.write_info writes as the bytes they stand for."""
     lines = ['<?xml version="1.0"?>', "<snapshot>", f"  <type>{escape(snapshot.type)}</type>",
              f"  <num>{snapshot.number}</num>"]
     if snapshot.pre_num is not None:
@@ -90,31 +208,65 @@ def render_info(snapshot: Snapshot) -> str:
     return "\n".join(lines) + "\n"
 
 
-# snapper's info.xml is flat: <tag>text</tag> lines and <userdata> pairs. Files of that shape
-# (all of snapper's, kiwi's and amber's) are read with a regex; anything else goes to a real
-# XML parser.
+class InfoError(AmberError):
+    """An info.xml that cannot be trusted; `reason` says why, without the path."""
+
+    def __init__(self, reason: str, where: str = "info.xml"):
+        super().__init__(f"{where} {reason}", hint="fix or remove the file")
+        self.reason = reason
+
+
+# snapper's info.xml is flat: <tag>text</tag> lines and <userdata> pairs. Well-formed files of
+# that shape (all of snapper's, kiwi's and amber's) are read with a regex; anything else goes to
+# a real XML parser, which rejects what is not well-formed.
+_S = "[ \t\r\n]*"
+# Text: no markup, and no character XML does not carry.
+_T = "[^<\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]*"
 _SIMPLE_INFO = re.compile(
-    r"\s*(?:<\?xml[^>]*\?>\s*)?<snapshot>((?:\s*<(\w+)>[^<]*</\2>"
-    r"|\s*<userdata>\s*<key>[^<]*</key>\s*<value>[^<]*</value>\s*</userdata>)*)"
-    r"\s*</snapshot>\s*")
-_SIMPLE_FIELD = re.compile(r"<(\w+)>([^<]*)</\1>|<userdata>\s*<key>([^<]*)</key>\s*"
-                           r"<value>([^<]*)</value>\s*</userdata>")
-_ENTITIES = {"&lt;": "<", "&gt;": ">", "&amp;": "&", "&quot;": '"', "&apos;": "'"}
+    f"\ufeff?{_S}(?:<\\?xml{_T}\\?>{_S})?<snapshot>((?:{_S}<(\\w+)>{_T}</\\2>"
+    f"|{_S}<userdata>{_S}<key>{_T}</key>{_S}<value>{_T}</value>{_S}</userdata>)*)"
+    f"{_S}</snapshot>{_S}")
+_SIMPLE_FIELD = re.compile(f"<(\\w+)>({_T})</\\1>|<userdata>{_S}<key>({_T})</key>{_S}"
+                           f"<value>({_T})</value>{_S}</userdata>")
+_REFERENCE = "&(lt|gt|amp|quot|apos|#[0-9]{1,7}|#x[0-9a-fA-F]{1,6});"
+_BAD_AMPERSAND = re.compile(f"&(?!{_REFERENCE[1:]})")
+_ENTITY = re.compile(_REFERENCE)
+_ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
 
 
-def _unescape(text: str) -> str:
-    if "&" not in text:
-        return text
-    return re.sub(r"&(?:lt|gt|amp|quot|apos);", lambda m: _ENTITIES[m.group(0)], text)
+def _character(match: re.Match[str]) -> str:
+    name = match.group(1)
+    if name[0] != "#":
+        return _ENTITIES[name]
+    code = int(name[2:], 16) if name[1] == "x" else int(name[1:])
+    if not (code in (0x9, 0xA, 0xD) or 0x20 <= code <= 0xD7FF or 0xE000 <= code <= 0xFFFD
+            or 0x10000 <= code <= 0x10FFFF):
+        raise InfoError(f"is not valid XML: character reference {match.group()}")
+    return chr(code)
 
 
-def _from_fields(fields: Mapping[str, str], userdata: dict[str, str], where: str) -> Snapshot:
-    try:
-        number = int(fields.get("num", ""))
-    except ValueError:
-        die(f"{where} has no valid <num>", hint="fix or remove the file")
-    pre = fields.get("pre_num", "")
-    uid = fields.get("uid", "")
+def _text(raw: str) -> str:
+    """A value: without the literal whitespace around it, line ends and references decoded."""
+    raw = raw.strip(_XML_SPACE)
+    if "&" not in raw and "\r" not in raw:
+        return raw
+    raw = raw.replace("\r\n", "\n").replace("\r", "\n")  # XML's end-of-line handling
+    if "&" not in raw:
+        return raw
+    if _BAD_AMPERSAND.search(raw):
+        raise InfoError("is not valid XML: an & that starts no reference")
+    return _ENTITY.sub(_character, raw)
+
+
+def _number(text: str) -> int | None:
+    # ASCII digits only: int() also takes '²', '٣', ' 7' and '1_0'.
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
+
+
+def _from_fields(fields: Mapping[str, str], userdata: dict[str, str]) -> Snapshot:
+    number = _number(fields.get("num", ""))
+    if number is None:
+        raise InfoError("has no valid <num>")
     return Snapshot(
         number=number,
         date=fields.get("date", ""),
@@ -122,50 +274,86 @@ def _from_fields(fields: Mapping[str, str], userdata: dict[str, str], where: str
         type=fields.get("type") or "single",
         cleanup=fields.get("cleanup", ""),
         userdata=userdata,
-        pre_num=int(pre) if pre.isdigit() else None,
-        uid=int(uid) if uid.isdigit() else None,
+        pre_num=_number(fields.get("pre_num", "")),
+        uid=_number(fields.get("uid", "")),
     )
 
 
 def parse_info(text: str, where: str = "info.xml") -> Snapshot:
-    simple = _SIMPLE_INFO.fullmatch(text)
-    if simple and "&#" not in text:
+    """The snapshot an info.xml describes; InfoError (an AmberError) if it cannot be trusted."""
+    try:
+        simple = _SIMPLE_INFO.fullmatch(text)
+        if not simple:
+            return _parse_info_xml(text)
         fields: dict[str, str] = {}
         userdata: dict[str, str] = {}
         for tag, value, key, user_value in _SIMPLE_FIELD.findall(simple.group(1)):
             if tag:
-                fields[tag] = _unescape(value.strip())
-            elif key.strip():
-                userdata[_unescape(key.strip())] = _unescape(user_value.strip())
-        return _from_fields(fields, userdata, where)
-    return _parse_info_xml(text, where)
+                fields[tag] = _text(value)
+            else:
+                key = _text(key)
+                if key:
+                    userdata[key] = _text(user_value)
+        return _from_fields(fields, userdata)
+    except InfoError as e:
+        raise InfoError(e.reason, where) from None
 
 
-def _parse_info_xml(text: str, where: str) -> Snapshot:
+def _parse_info_xml(text: str) -> Snapshot:
+    if "<!DOCTYPE" in text or "<!ENTITY" in text:
+        raise InfoError("has a document type declaration, which snapper's info.xml never has")
     import xml.etree.ElementTree as ET
 
     try:
         doc = ET.fromstring(text)
-    except ET.ParseError as e:
-        die(f"{where} is not valid XML: {e}", hint="fix or remove the file", code=ExitCode.ERROR)
-    fields = {child.tag: (child.text or "").strip() for child in doc if child.tag != "userdata"}
+    except (ET.ParseError, UnicodeError, ValueError) as e:
+        raise InfoError(f"is not valid XML: {e}") from None
+    if doc.tag != "snapshot":
+        raise InfoError(f"is not snapper's info.xml (its root element is <{doc.tag}>)")
+    fields = {child.tag: (child.text or "").strip(_XML_SPACE)
+              for child in doc if child.tag != "userdata"}
     userdata: dict[str, str] = {}
     for item in doc.findall("userdata"):
-        key = item.findtext("key")
-        if key and key.strip():
-            userdata[key.strip()] = (item.findtext("value") or "").strip()
-    return _from_fields(fields, userdata, where)
+        key = (item.findtext("key") or "").strip(_XML_SPACE)
+        if key:
+            userdata[key] = (item.findtext("value") or "").strip(_XML_SPACE)
+    return _from_fields(fields, userdata)
 
 
-def _read_small_file(path: str) -> str:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def _read_info_file(path: str) -> str:
+    """A small regular file, never through a symbolic link; bytes that are not UTF-8 are
+    kept as surrogate escapes. FileNotFoundError if it is missing, else InfoError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InfoError("is a symbolic link (amber does not follow it)") from None
+        raise InfoError(f"cannot be opened: {e.strerror}") from None
     try:
         chunks = [os.read(fd, 65536)]
-        while len(chunks[-1]) == 65536:
+        size = len(chunks[0])
+        # Only what is not a small regular file reads as nothing or as a full buffer; a FIFO
+        # or a device must not be read on (the fstat is spared for the 1,000 that are fine).
+        if (size == 0 or size == 65536) and not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InfoError("is not a regular file")
+        while len(chunks[-1]) == 65536 and size <= INFO_LIMIT:
             chunks.append(os.read(fd, 65536))
+            size += len(chunks[-1])
+    except OSError as e:
+        if e.errno == errno.EISDIR:
+            raise InfoError("is not a regular file (a directory)") from None
+        raise InfoError(f"cannot be read: {e.strerror}") from None
     finally:
         os.close(fd)
-    return b"".join(chunks).decode("utf-8", errors="replace")
+    if size > INFO_LIMIT:
+        raise InfoError(f"is larger than {INFO_LIMIT >> 20} MiB")
+    data = b"".join(chunks)
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return data.decode("utf-8", "surrogateescape")
 
 
 def snapshot_number_of(subvolume_path: str) -> int | None:
@@ -199,11 +387,12 @@ class Store:
     # ---- reading ------------------------------------------------------------------------
 
     def numbers(self) -> list[int]:
+        """The numbers of the directories in the store; other names are not snapshots."""
         try:
             names = os.listdir(self.dir)
         except OSError as e:
             die(f"cannot read {self.dir}: {e.strerror}", code=ExitCode.ENVIRONMENT)
-        return sorted(int(n) for n in names if n.isdigit())
+        return sorted(int(n) for n in names if _NUMBER.fullmatch(n))
 
     def path(self, number: int) -> Path:
         return self.dir / str(number) / "snapshot"
@@ -212,20 +401,32 @@ class Store:
         return self.dir / str(number) / "info.xml"
 
     def exists(self, number: int) -> bool:
-        return self.path(number).exists()
+        """Whether <number>/snapshot is a directory, reached through no symbolic link."""
+        try:
+            return (stat.S_ISDIR(os.lstat(f"{self.dir}/{number}").st_mode)
+                    and stat.S_ISDIR(os.lstat(f"{self.dir}/{number}/snapshot").st_mode))
+        except OSError:
+            return False
 
     def get(self, number: int) -> Snapshot:
+        """The metadata of snapshot `number`, or, if its info.xml cannot be trusted, a
+        Snapshot that says why (`broken`)."""
         # String paths and raw reads: listing 1,000 snapshots spends most of its time here.
         path = f"{self.dir}/{number}/info.xml"
         try:
-            text = _read_small_file(path)
+            snapshot = parse_info(_read_info_file(path), path)
         except FileNotFoundError:
             if self.exists(number):
-                # A snapshot without metadata (a crash between subvolume and info.xml).
-                return Snapshot(number=number, date="", description="(no info.xml)")
+                return Snapshot.unreadable(number, "no info.xml")
             die(f"snapshot {number} does not exist", hint="see 'amber snapshots'",
                 code=ExitCode.NOT_FOUND)
-        return parse_info(text, path)
+        except InfoError as e:
+            return Snapshot.unreadable(number, f"info.xml {e.reason}")
+        if snapshot.number != number:
+            # The directory is the identity: such a file may be a copy of another snapshot's.
+            return Snapshot.unreadable(
+                number, f"info.xml says <num>{snapshot.number}</num> in directory {number}")
+        return snapshot
 
     def list(self) -> list[Snapshot]:
         return [self.get(n) for n in self.numbers() if self.exists(n)]
@@ -235,7 +436,7 @@ class Store:
         flags = {}
         for name, read_only in btrfs.subvolumes_below(self.dir).items():
             number, _, rest = name.partition("/")
-            if rest == "snapshot" and number.isdigit():
+            if rest == "snapshot" and _NUMBER.fullmatch(number):
                 flags[int(number)] = read_only
         return flags
 
@@ -259,20 +460,53 @@ class Store:
                 code=ExitCode.NOT_FOUND)
         return self.get(number)
 
+    def resolve(self, ref: Ref) -> int:
+        """The existing snapshot a number, 'booted' or 'default' names."""
+        if ref.number is not None:
+            number: int | None = ref.number
+        elif ref.text == "booted":
+            number = self.booted()
+        elif ref.text == "default":
+            number = self.default()
+        else:
+            raise ValueError(f"Store.resolve does not know {ref.text!r}")
+        if number is None:
+            die(f"there is no {ref.text} snapshot on this root", hint="see 'amber status'",
+                code=ExitCode.NOT_FOUND)
+        self.require(number)
+        return number
+
     # ---- writing ------------------------------------------------------------------------
 
     def write_info(self, snapshot: Snapshot) -> None:
+        """Write info.xml through a temporary file that is read back and compared first, so
+        that what is written is what the next reader gets, or the old file stays."""
         path = self.info_path(snapshot.number)
-        tmp = path.with_name("info.xml.tmp")
+        tmp = f"{path}.tmp"
+        # surrogateescape: bytes that were not UTF-8 in the file read go back as they were.
+        data = render_info(snapshot).encode("utf-8", "surrogateescape")
         try:
-            with open(tmp, "w") as f:
-                f.write(render_info(snapshot))
-                f.flush()
-                os.fsync(f.fileno())
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if parse_info(_read_info_file(tmp), str(path)) != snapshot:
+                raise InfoError("would not read back as written")
             os.replace(tmp, path)
+        except InfoError as e:
+            _remove(tmp)
+            raise AmberError(f"cannot write {path}: {e.reason}",
+                             hint="this is a bug in amber; the file is unchanged") from None
         except OSError as e:
-            tmp.unlink(missing_ok=True)
-            if e.errno == 28:
+            _remove(tmp)
+            if e.errno == errno.ENOSPC:
                 die(f"cannot write {path}: no space left on the filesystem",
                     hint="free space with 'amber cleanup' or 'amber delete N'",
                     code=ExitCode.NO_SPACE)
@@ -296,16 +530,19 @@ class Store:
 
     def create(self, number: int, base: int, snapshot: Snapshot, *, read_only: bool) -> None:
         """Snapshot `base` into the reserved `number`; info.xml is written first."""
-        self.write_info(snapshot)
+        self.write_info(snapshot.cleaned())
         btrfs.create_snapshot(self.path(base), self.path(number), read_only=read_only)
 
     def delete(self, number: int) -> None:
-        path = self.path(number)
-        if path.exists() and btrfs.is_subvolume(path):
+        directory = self.dir / str(number)
+        if directory.is_symlink():
+            return  # not a snapshot; what it points at is not amber's to delete
+        path = directory / "snapshot"
+        if not path.is_symlink() and path.is_dir() and btrfs.is_subvolume(path):
             btrfs.delete_subvolume(path)
         import shutil
 
-        shutil.rmtree(self.dir / str(number), ignore_errors=True)
+        shutil.rmtree(directory, ignore_errors=True)
 
     def set_read_only(self, number: int, read_only: bool) -> None:
         btrfs.set_read_only(self.path(number), read_only)
@@ -316,6 +553,18 @@ class Store:
         btrfs.set_default_subvolume(self.dir, btrfs.subvolume_id(self.path(number)))
 
     def update(self, number: int, userdata: Mapping[str, str | None]) -> Snapshot:
-        snapshot = self.get(number).with_userdata(userdata)
+        """Set (or with None remove) userdata keys; refused for a snapshot whose info.xml
+        cannot be trusted, which is never rewritten."""
+        current = self.get(number)
+        if current.broken:
+            die(f"snapshot {number} is left alone: {current.broken}",
+                hint=f"repair or remove {self.info_path(number)} first", code=ExitCode.REFUSED)
+        snapshot = current.with_userdata({clean_text(k): None if v is None else clean_text(v)
+                                          for k, v in userdata.items()})
         self.write_info(snapshot)
         return snapshot
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 from amber import log
 from amber.log import ExitCode, die
-from amber.snapshots import PINNED_KEY, Snapshot, Store
+from amber.snapshots import PINNED_KEY, Ref, Snapshot, Store, shown, unicode_text
 from amber.transaction import locked, read_lock_record, read_state, set_default
 
 
@@ -118,54 +118,53 @@ class Row(NamedTuple):
 
     def as_json(self) -> dict[str, Any]:
         s = self.snapshot
-        return {"number": s.number, "date": s.date, "description": s.description,
+        return {"number": s.number, "date": unicode_text(s.date),
+                "description": unicode_text(s.description),
                 "read_only": self.read_only, "default": self.default, "booted": self.booted,
-                "pinned": s.pinned, "in_progress": s.in_progress, "cleanup": s.cleanup,
-                "type": s.type, "userdata": dict(s.userdata)}
+                "pinned": s.pinned, "in_progress": s.in_progress,
+                "cleanup": unicode_text(s.cleanup), "type": unicode_text(s.type),
+                "userdata": {unicode_text(k): unicode_text(v) for k, v in s.userdata.items()},
+                "broken": s.broken or None}
 
 
 def snapshot_rows(root: Path) -> list[Row]:
     s = store(root)
     booted, default = s.booted(), s.default()
     flags = s.read_only_flags()
-    return [Row(s.get(n), flags[n], n == default, n == booted) for n in s.numbers() if n in flags]
+    rows = [Row(s.get(n), flags[n], n == default, n == booted) for n in s.numbers() if n in flags]
+    for row in rows:
+        if row.snapshot.broken:
+            _warn_broken(s, row.snapshot)
+    return rows
+
+
+def _warn_broken(s: Store, snapshot: Snapshot) -> None:
+    log.warn(f"snapshot {snapshot.number}: {shown(snapshot.broken)}; amber leaves it alone",
+             hint=f"repair or remove {s.info_path(snapshot.number)}")
 
 
 def render_snapshot_table(rows: list[Row]) -> str:
     lines = [f"{'#':>5}  {'flags':<6} {'date':<19}  description"]
     for r in rows:
         flags = ("*" if r.booted else " ") + ("+" if r.default else " ") + \
-                ("P" if r.snapshot.pinned else " ") + ("w" if not r.read_only else " ")
-        lines.append(f"{r.snapshot.number:>5}  {flags:<6} {r.snapshot.date:<19}  "
-                     f"{r.snapshot.description}")
-    lines.append("flags: * booted, + default (next boot), P pinned, w writable")
+                ("P" if r.snapshot.pinned else " ") + ("w" if not r.read_only else " ") + \
+                ("!" if r.snapshot.broken else " ")
+        text = f"({r.snapshot.broken})" if r.snapshot.broken else r.snapshot.description
+        lines.append(f"{r.snapshot.number:>5}  {flags:<6} {shown(r.snapshot.date):<19}  "
+                     f"{shown(text)}")
+    lines.append("flags: * booted, + default (next boot), P pinned, w writable, "
+                 "! metadata unreadable")
     return "\n".join(lines)
 
 
 # ---- changing which snapshot boots ---------------------------------------------------------------
 
-def resolve_snapshot(s: Store, text: str) -> int:
-    if text == "booted":
-        number = s.booted()
-    elif text == "default":
-        number = s.default()
-    elif text.isdigit():
-        number = int(text)
-    else:
-        die(f"not a snapshot: {text!r}", hint="a number, 'booted' or 'default'",
-            code=ExitCode.USAGE)
-    if number is None:
-        die(f"there is no {text} snapshot on this root", code=ExitCode.NOT_FOUND)
-    s.require(number)
-    return number
-
-
-def resolve_pair(root: Path, a: str, b: str) -> tuple[int, int]:
+def resolve_pair(root: Path, a: Ref, b: Ref) -> tuple[int, int]:
     s = store(root)
-    return resolve_snapshot(s, a), resolve_snapshot(s, b)
+    return s.resolve(a), s.resolve(b)
 
 
-def rollback(root: Path, target: str | None, *, revert_livepatches: bool = False,
+def rollback(root: Path, target: Ref | None, *, revert_livepatches: bool = False,
              wait: bool = False) -> dict[str, Any]:
     s = store(root)
     with locked(s, wait):
@@ -175,15 +174,18 @@ def rollback(root: Path, target: str | None, *, revert_livepatches: bool = False
                 die("the root is not booted from a snapshot", hint="amber rollback N",
                     code=ExitCode.USAGE)
             number = booted
-        elif target == "last":
+        elif target.text == "last":
             previous = read_state(s).get("previous_default")
             if not isinstance(previous, int) or not s.exists(previous):
                 die("no previous default snapshot is recorded", hint="amber rollback N",
                     code=ExitCode.NOT_FOUND)
             number = previous
         else:
-            number = resolve_snapshot(s, target)
+            number = s.resolve(target)
         snap = s.get(number)
+        if snap.broken:
+            log.warn(f"snapshot {number}: {shown(snap.broken)}",
+                     hint="rolling back anyway: amber checks below that it is read-only")
         if snap.in_progress:
             die(f"snapshot {number} is an unfinished transaction", code=ExitCode.REFUSED,
                 hint="pick a finished snapshot from 'amber snapshots'")
@@ -217,15 +219,20 @@ def _livepatches_after_rollback(root: Path, target: int, revert: bool) -> list[s
 
 # ---- pinning, deleting, cleanup --------------------------------------------------------------
 
-def pin(root: Path, number: int, *, pinned: bool, wait: bool = False) -> None:
+def pin(root: Path, ref: Ref, *, pinned: bool, wait: bool = False) -> None:
     s = store(root)
     with locked(s, wait):
-        s.require(number)
+        number = s.resolve(ref)
         s.update(number, {PINNED_KEY: "yes" if pinned else None})
     log.info(f"snapshot {number} {'pinned' if pinned else 'unpinned'}")
 
 
 def _refuse_delete(s: Store, number: int, booted: int | None, default: int | None) -> None:
+    broken = s.get(number).broken
+    if broken:
+        die(f"snapshot {number} is left alone: {shown(broken)}",
+            hint=f"repair {s.info_path(number)} first, or remove the snapshot yourself "
+                 f"('btrfs subvolume delete {s.path(number)}')", code=ExitCode.REFUSED)
     if number == booted:
         die(f"snapshot {number} is the booted system and cannot be deleted",
             hint="boot another snapshot first", code=ExitCode.REFUSED)
@@ -235,12 +242,12 @@ def _refuse_delete(s: Store, number: int, booted: int | None, default: int | Non
             code=ExitCode.REFUSED)
 
 
-def delete(root: Path, numbers: list[int], *, wait: bool = False) -> None:
+def delete(root: Path, refs: list[Ref], *, wait: bool = False) -> None:
     s = store(root)
     with locked(s, wait):
         booted, default = s.booted(), s.default()
+        numbers = list(dict.fromkeys(s.resolve(ref) for ref in refs))
         for n in numbers:
-            s.require(n)
             _refuse_delete(s, n, booted, default)
         for n in numbers:
             s.delete(n)
@@ -249,13 +256,28 @@ def delete(root: Path, numbers: list[int], *, wait: bool = False) -> None:
 
 def cleanup_candidates(snapshots: list[Snapshot], keep: int, protected: set[int]) -> list[int]:
     """Unfinished transactions, then everything beyond the newest `keep` that is not pinned
-    or protected (booted, default)."""
+    or protected (booted, default). A snapshot whose metadata is broken is never a candidate:
+    nothing proves it unfinished or unpinned."""
+    snapshots = [s for s in snapshots if not s.broken]
     doomed = [s.number for s in snapshots if s.in_progress and s.number not in protected]
     finished = [s for s in snapshots if not s.in_progress]
     newest = {s.number for s in sorted(finished, key=lambda s: s.number)[-keep:]}
     doomed += [s.number for s in finished
                if s.number not in newest and s.number not in protected and not s.pinned]
     return sorted(doomed)
+
+
+def _is_leftover(s: Store, number: int) -> bool:
+    """A directory that holds no snapshot and nothing but metadata (a crash between reserving
+    the number and making the snapshot); anything else in it is not amber's to remove."""
+    import os
+
+    directory = s.dir / str(number)
+    try:
+        return not directory.is_symlink() and set(os.listdir(directory)) <= {"info.xml",
+                                                                               "info.xml.tmp"}
+    except OSError:
+        return False
 
 
 def cleanup(root: Path, *, keep: int | None = None, wait: bool = False) -> list[int]:
@@ -268,12 +290,16 @@ def cleanup(root: Path, *, keep: int | None = None, wait: bool = False) -> list[
         die("--keep must be at least 1", code=ExitCode.USAGE)
     with locked(s, wait):
         protected = {n for n in (s.booted(), s.default()) if n is not None}
-        doomed = cleanup_candidates(s.list(), keep, protected)
+        snapshots = s.list()
+        for snapshot in snapshots:
+            if snapshot.broken:
+                _warn_broken(s, snapshot)
+        doomed = cleanup_candidates(snapshots, keep, protected)
         for n in doomed:
             s.delete(n)
         # Directories without a snapshot are leftovers of a crash before the snapshot existed.
         for n in s.numbers():
-            if not s.exists(n) and n not in protected:
+            if n not in protected and _is_leftover(s, n):
                 s.delete(n)
     log.info(f"removed {len(doomed)} snapshot(s)" + (f": {', '.join(map(str, doomed))}"
                                                      if doomed else ""))

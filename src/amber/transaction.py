@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from amber import btrfs, log
 from amber.log import AmberError, ExitCode, die
-from amber.snapshots import IN_PROGRESS_KEY, Snapshot, Store, now_utc
+from amber.snapshots import IN_PROGRESS_KEY, Snapshot, Store, clean_text, now_utc
 
 LOCK_NAME = ".amber.lock"
 STATE_NAME = ".amber-state.json"
@@ -304,7 +304,7 @@ def execute(options: Options, steps: Steps, description: str) -> Result:
         number = store.allocate()
         lock.write(pid=os.getpid(), snapshot=number, base=base, started=time.time())
         checkpoint("allocated")
-        text = options.description or description
+        text = clean_text(options.description or description)  # as info.xml will carry it
         log.step(f"snapshot {base} → {number}: {text}")
         try:
             store.create(number, base, Snapshot(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +46,24 @@ def test_status_imports_no_heavy_modules() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("argv", [
+    ["rollback", "²"], ["rollback", "٣"], ["rollback", "007"], ["rollback", "0"],
+    ["rollback", "-1"], ["diff", "²", "1"], ["diff", "1", "x"], ["run", "--continue", "²", "--",
+                                                                    "true"],
+    ["run", "--continue", "٣", "--", "true"], ["pin", "٣"], ["unpin", "²"], ["pin", "last"],
+    ["delete", "1", "²"], ["delete", "booted"],
+    ["livepatch", "apply", "--base", "²", "patch.ko"],
+    ["livepatch", "apply", "--base", "last", "patch.ko"],
+])
+def test_malformed_snapshot_is_a_usage_error(argv: list[str], tmp_path: Path) -> None:
+    """Finding 6 and 9: only ASCII digits name a snapshot ('²' passes str.isdigit(), '٣' even
+    int()); the reference is checked before the root is looked at, by one parser."""
+    result = subprocess.run([sys.executable, "-m", "amber.cli", "--root", str(tmp_path / "none"),
+                             *argv], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("error: not a snapshot") and lines[1].startswith("  hint: ")
+    assert "Traceback" not in result.stderr
+

@@ -74,21 +74,46 @@ def test_rootfs_key_follows_its_inputs_only() -> None:
     assert key == image.rootfs_key(other, "sources A")
 
 
-def test_image_key_follows_amber_code(tmp_path: Path) -> None:
-    source = tmp_path / "amber"
-    source.mkdir()
-    (source / "cli.py").write_text("print(1)\n")
+def test_image_key_follows_amber_package(tmp_path: Path) -> None:
+    deb = tmp_path / "amber_0.1.0_all.deb"
+    deb.write_bytes(b"package 1")
     spec = ImageSpec()
-    key = image.image_key(spec, "s", source)
-    (source / "__pycache__").mkdir()
-    (source / "__pycache__" / "cli.cpython-311.pyc").write_bytes(b"junk")
-    assert image.image_key(spec, "s", source) == key
-    (source / "cli.py").write_text("print(2)\n")
-    changed = image.image_key(spec, "s", source)
+    key = image.image_key(spec, "s", deb)
+    assert image.image_key(spec, "s", deb) == key
+    deb.write_bytes(b"package 2")
+    changed = image.image_key(spec, "s", deb)
     assert changed != key
     extra = dataclasses.replace(spec, extra_files=(ExtraFile("/etc/x", "1"),))
-    assert image.image_key(extra, "s", source) != changed
-    assert image.image_key(dataclasses.replace(spec, size=1 << 30), "s", source) != changed
+    assert image.image_key(extra, "s", deb) != changed
+    assert image.image_key(dataclasses.replace(spec, size=1 << 30), "s", deb) != changed
+
+
+def test_package_is_found_in_the_checkout_and_must_be_fresh(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    top = tmp_path / "checkout"
+    (top / "packaging" / "debian").mkdir(parents=True)
+    (top / "src" / "amber").mkdir(parents=True)
+    source = top / "src" / "amber" / "cli.py"
+    source.write_text("")
+    monkeypatch.setattr(image, "source_checkout", lambda: top)
+    with pytest.raises(AmberError) as e:
+        image.find_package()
+    assert e.value.code == ExitCode.NOT_FOUND and "tools/package" in (e.value.hint or "")
+    deb = top / "dist" / image.package_name()
+    deb.parent.mkdir()
+    deb.write_bytes(b"deb")
+    os.utime(source, (deb.stat().st_mtime + 10, deb.stat().st_mtime + 10))
+    with pytest.raises(AmberError) as e:
+        image.find_package()
+    assert "older than src/amber/cli.py" in e.value.message
+    os.utime(deb, (source.stat().st_mtime + 1, source.stat().st_mtime + 1))
+    assert image.find_package() == deb
+    other = tmp_path / "other.deb"
+    with pytest.raises(AmberError) as e:
+        image.find_package(other)
+    assert e.value.code == ExitCode.NOT_FOUND
+    other.write_bytes(b"deb")
+    assert image.find_package(other) == other
 
 
 def test_kernel_release_is_the_newest(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ from amber.livepatch.sources import Source, resolve
 from amber.livepatch.view import carried, installed_patches, next_boot_patches
 from amber.log import AmberError, ExitCode, die
 from amber.packages import database
-from amber.snapshots import Store
+from amber.snapshots import Store, number_of_name
 
 LIVEPATCH_KEY = "livepatch"
 LIVEPATCH_ONLY_KEY = "livepatch-only"
@@ -371,8 +371,8 @@ def covering_patch(store: Store, booted: int | None, default: int | None,
             return None
         visited.add(number)
         userdata = store.get(number).userdata
-        base = userdata.get("base", "")
-        if userdata.get(LIVEPATCH_ONLY_KEY) != "yes" or not base.isdigit():
+        base = number_of_name(userdata.get("base", ""))
+        if userdata.get(LIVEPATCH_ONLY_KEY) != "yes" or base is None:
             return None
-        number = int(base)
+        number = base
     return name

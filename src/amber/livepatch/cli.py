@@ -243,11 +243,14 @@ def cmd_unload(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     from amber.livepatch import apply
+    from amber.snapshots import Ref
 
     mode = (apply.Mode.NEXT_BOOT if args.next_boot else apply.Mode.LIVE_ONLY if args.live_only
             else apply.Mode.NOW)
+    base = None if args.base is None else Ref.parse(args.base, ("booted", "default"),
+                                                    "a snapshot for --base").text
     outcome = apply.apply(args.root, args.sources, mode=mode, keep=args.keep,
-                          timeout=args.timeout, base=args.base, wait=args.wait)
+                          timeout=args.timeout, base=base, wait=args.wait)
     if args.json:
         log.print_json(outcome.as_json())
     return 0

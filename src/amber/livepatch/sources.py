@@ -13,7 +13,6 @@ from amber.log import ExitCode, die
 from amber.run import run
 
 
-
 @dataclass(frozen=True)
 class Source:
     argument: str  # as the admin gave it
