@@ -36,8 +36,7 @@ class LivepatchConfig:
     signature_policy: str = "warn"  # off | warn | enforce
     trusted_keys: str = "/etc/amber/keys"  # PEM or DER certificates trusted for module signatures
     transition_timeout: float = 60.0  # seconds to wait for a patch transition before reversing it
-    # bytes: a module file, or what it decompresses to, beyond this is refused (a bomb)
-    max_module_size: int = DEFAULT_MAX_MODULE_SIZE
+    max_module_size: int = DEFAULT_MAX_MODULE_SIZE  # bytes or "64M": larger modules are refused
 
 
 @dataclass(frozen=True)
