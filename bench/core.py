@@ -108,7 +108,7 @@ class Root:
 def _pristine_image() -> Path:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    from tests.root.conftest import pristine_image
+    from testing.images import pristine_image
 
     return pristine_image()
 
@@ -134,7 +134,7 @@ def _release(mount_points: list[Path], device: str) -> None:
 
 
 def attach_root(stack: contextlib.ExitStack, pristine: Path, workdir: Path, name: str) -> Root:
-    from amber import layout
+    from testing import rootfs
 
     image = workdir / f"{name}.img"
     _run(["cp", "--sparse=always", str(pristine), str(image)])
@@ -142,7 +142,7 @@ def attach_root(stack: contextlib.ExitStack, pristine: Path, workdir: Path, name
     target = workdir / name
     target.mkdir()
     try:
-        mounts = layout.mount_root(Path(device), target)
+        mounts = rootfs.mount_root(Path(device), target)
     except BaseException:
         subprocess.run(["losetup", "-d", device], check=False)
         raise

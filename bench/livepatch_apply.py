@@ -4,7 +4,7 @@ transaction, initrd and load, next to a bare `insmod` of the same module, in the
 
     bench/livepatch_apply.py [--state DIR]
 
-Boots a fresh test VM (the harness in amber.vm), builds amber's test live patch for its
+Boots a fresh test VM (the harness in testing/vm.py), builds amber's test live patch for its
 kernel, packages it as an .rpm, and measures inside the guest."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "src"), str(REPO)]
 
-from amber.vm import VM, default_state  # noqa: E402
-from tests.livepatch_packages import build_livepatch_rpm  # noqa: E402
-from tests.modules import build  # noqa: E402
+from testing.livepatch_packages import build_livepatch_rpm  # noqa: E402
+from testing.modules import build  # noqa: E402
+from testing.vm import VM, default_state  # noqa: E402
 
 
 def guest_seconds(vm: VM, argv: list[str], timeout: float = 1800) -> tuple[float, str]:

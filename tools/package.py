@@ -30,8 +30,6 @@ from tools.cli_model import REPO, amber_parser, model
 
 PACKAGING = REPO / "packaging" / "debian"
 SOURCE = REPO / "src" / "amber"
-# Test code, never packaged: the VM harness and its guest agent.
-EXCLUDED = ("vm.py",)
 DIST_PACKAGES = "usr/lib/python3/dist-packages"
 LAUNCHER = '''\
 #!/usr/bin/python3 -I
@@ -90,8 +88,7 @@ def write(path: Path, data: str | bytes, mode: int = 0o644) -> None:
 def python_files() -> list[Path]:
     return sorted(path for path in SOURCE.rglob("*")
                   if path.is_file() and path.suffix in (".py", ".typed")
-                  and "__pycache__" not in path.parts
-                  and str(path.relative_to(SOURCE)) not in EXCLUDED)
+                  and "__pycache__" not in path.parts)
 
 
 def stage(root: Path, changelog: Changelog) -> None:

@@ -8,7 +8,6 @@ kept on /var, in /var/lib/amber/state.toml, which overrides amber.conf and survi
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,15 +146,7 @@ def save_state(root: Path, key: str, value: bool | str | int) -> None:
     path = root / STATE_PATH
     state = _read_toml(path)
     state[key] = value
-    lines = []
-    for k, v in sorted(state.items()):
-        if isinstance(v, bool):
-            lines.append(f"{k} = {'true' if v else 'false'}")
-        elif isinstance(v, int | float):
-            lines.append(f"{k} = {v}")
-        else:
-            lines.append(f'{k} = "{v}"')
+    from amber import state as stores
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    stores.atomic_write(path, stores.render_flat_toml(state))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import amber
 from amber import layout, log
+from amber.boot import kernels
 from amber.log import ExitCode, die
 from amber.run import run
 
@@ -192,15 +193,10 @@ def image_key(spec: ImageSpec, sources: str, amber_deb: Path) -> str:
 
 def find_kernel_release(rootfs: Path) -> str:
     releases = sorted((p.name.removeprefix("vmlinuz-") for p in (rootfs / "boot").glob(
-        "vmlinuz-*")), key=_version_key)
+        "vmlinuz-*")), key=kernels.version_key)
     if not releases:
         die(f"no kernel in {rootfs}/boot", hint="the image must include linux-image-amd64")
     return releases[-1]
-
-
-def _version_key(release: str) -> list[tuple[int, str]]:
-    return [(int(part), "") if part.isdigit() else (-1, part)
-            for part in re.split(r"[.-]", release)]
 
 
 # ---- checks --------------------------------------------------------------------------------
@@ -288,7 +284,7 @@ def attached(image: Path, read_only: bool = False) -> Iterator[Path]:
     """The image file on a loop device, detached again on every path."""
     options = ["--read-only"] if read_only else []
     device = run(["losetup", "--find", "--show", *options, str(image)],
-                 capture=True).stdout.strip()
+                 capture=True, code=ExitCode.ENVIRONMENT).stdout.strip()
     try:
         yield Path(device)
     finally:
@@ -300,7 +296,7 @@ def mounted(device: Path, options: str = "") -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="amber-mnt-") as tmp:
         where = Path(tmp)
         run(["mount", "-t", "btrfs", *(["-o", options] if options else []), str(device),
-             str(where)])
+             str(where)], code=ExitCode.ENVIRONMENT)
         try:
             yield where
         finally:
@@ -414,7 +410,7 @@ def assemble(image: Path, spec: ImageSpec, tarball: Path, amber_deb: Path) -> Bu
     with open(image, "wb") as f:
         f.truncate(spec.size)
     run(["mkfs.btrfs", "--quiet", "--force", "--label", "amber", "--uuid", fs_uuid, str(image)],
-        capture=True)
+        capture=True, code=ExitCode.ENVIRONMENT)
     with attached(image) as device, mounted(device, "compress=zstd:1") as top:
         rootfs = layout.create_skeleton(top)
         log.step("Extracting the root filesystem into snapshot 1")

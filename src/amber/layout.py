@@ -16,7 +16,6 @@ import shutil
 from pathlib import Path
 
 from amber import btrfs
-from amber.log import die
 from amber.run import run
 from amber.snapshots import SHARED_SUBVOLUMES as SHARED_SUBVOLUMES  # re-exported
 from amber.snapshots import Snapshot, Store, now_utc
@@ -115,28 +114,3 @@ def _point_rpm_at_its_database(snapshot: Path) -> None:
     macros.parent.mkdir(parents=True, exist_ok=True)
     with open(macros, "a") as f:
         f.write("%_dbpath /usr/lib/sysimage/rpm\n")
-
-
-def mount_root(device: Path, target: Path) -> list[Path]:
-    """Mount a filesystem as a booted system sees it: default subvolume read-only at target,
-    .snapshots and the shared subvolumes writable at their places. Returns the mount points,
-    innermost last."""
-    if not target.is_dir():
-        die(f"mount point {target} does not exist")
-    mounted: list[Path] = []
-    run(["mount", "-o", "ro,compress=zstd:1", str(device), str(target)])
-    mounted.append(target)
-    try:
-        for name in (".snapshots", *SHARED_SUBVOLUMES):
-            where = target / name
-            run(["mount", "-o", f"subvol={CONTAINER}/{name}", str(device), str(where)])
-            mounted.append(where)
-    except BaseException:
-        unmount_all(mounted)
-        raise
-    return mounted
-
-
-def unmount_all(mount_points: list[Path]) -> None:
-    for where in reversed(mount_points):
-        run(["umount", str(where)], check=False)

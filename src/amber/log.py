@@ -1,51 +1,15 @@
-"""User-facing messages, errors and exit codes.
-
-Every error a user can cause ends in `die(message, hint=...)`: one line that says what went wrong,
-one line that says what to do, and an exit code that scripts can tell apart.
-"""
+"""User-facing messages: steps, information, warnings, errors, and JSON on stdout."""
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
 import sys
-from typing import NoReturn
 
+# The errors' home is amber.errors; they are re-exported here for the modules that print them.
+from amber.errors import AmberError, ExitCode, die
 
-class ExitCode(enum.IntEnum):
-    OK = 0
-    ERROR = 1  # an unexpected failure (a bug, or something amber did not foresee)
-    USAGE = 2  # wrong command-line arguments
-    STEP_FAILED = 3  # a command inside the transaction failed; the snapshot was discarded
-    LOCKED = 4  # another amber transaction holds the lock of this system root
-    NOT_FOUND = 5  # no such snapshot, package file or module
-    REFUSED = 6  # the request is understood but unsafe (deleting the booted snapshot, ...)
-    NO_SPACE = 7  # the filesystem is full
-    ENVIRONMENT = 8  # not root, not btrfs, not an amber layout, a tool missing
-    CONFIG = 9  # /etc/amber/amber.conf is invalid
-    BAD_MODULE = 20  # a kernel module file that cannot be parsed
-    INCOMPATIBLE = 21  # built for another kernel, not a livepatch
-    SIGNATURE = 22  # signature policy refuses the module
-    LIVEPATCH_DISABLED = 23  # live patching was not enabled by the admin
-    KERNEL_REFUSED = 24  # the running kernel refused to load or unload the module
-    TRANSITION_TIMEOUT = 25  # a livepatch transition did not finish in time and was reversed
-    INTERRUPTED = 130  # SIGINT or SIGTERM; the transaction was rolled back
-
-
-class AmberError(Exception):
-    """An error meant for the user: printed as one line plus a hint, never as a traceback."""
-
-    def __init__(self, message: str, hint: str | None = None, code: ExitCode = ExitCode.ERROR):
-        super().__init__(message)
-        self.message = message
-        self.hint = hint
-        self.code = code
-
-
-def die(message: str, hint: str | None = None, code: ExitCode = ExitCode.ERROR) -> NoReturn:
-    raise AmberError(message, hint=hint, code=code)
-
+__all__ = ["AmberError", "ExitCode", "die"]
 
 _quiet = False
 _verbose = False

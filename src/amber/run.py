@@ -13,11 +13,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from amber.log import AmberError, ExitCode, debug
+from amber.errors import AmberError, ExitCode
+from amber.log import debug
 
 
 class CommandFailed(AmberError):
-    def __init__(self, argv: Sequence[str], returncode: int, stderr: str, where: str = ""):
+    """A host command failed; its exit code says what that means where it ran (the `code`
+    given to run()): 3 inside a transaction step, 8 for a host tool that does not work, ..."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str, where: str = "",
+                 code: ExitCode = ExitCode.ERROR):
         self.argv = list(argv)
         self.returncode = returncode
         self.stderr = stderr
@@ -28,7 +33,7 @@ class CommandFailed(AmberError):
             message += f" ({tail})"
         super().__init__(message, hint="run that command by hand to see all of its output; "
                                        "'amber -v' prints every command it runs",
-                         code=ExitCode.STEP_FAILED)
+                         code=code)
 
 
 def command_line(argv: Sequence[str]) -> str:
@@ -45,8 +50,9 @@ def run(
     cwd: Path | None = None,
     preexec_fn: Callable[[], None] | None = None,
     where: str = "",
+    code: ExitCode = ExitCode.ERROR,
 ) -> subprocess.CompletedProcess[str]:
-    """Run argv; raise CommandFailed (exit code STEP_FAILED) when it fails and check is true.
+    """Run argv; raise CommandFailed with exit code `code` when it fails and check is true.
 
     With capture, stdout and stderr are returned; otherwise they go to the user's terminal, and
     stderr is still reported through the exception's message only when captured.
@@ -72,7 +78,7 @@ def run(
             code=ExitCode.ENVIRONMENT,
         ) from e
     if check and result.returncode != 0:
-        raise CommandFailed(args, result.returncode, result.stderr or "", where)
+        raise CommandFailed(args, result.returncode, result.stderr or "", where, code)
     return result
 
 

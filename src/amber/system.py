@@ -80,17 +80,17 @@ def _livepatch_status(s: Store, booted: int | None, default: int | None
                       ) -> tuple[dict[str, Any], str | None]:
     """The live patch view, only where live patching is in play (a kernel that supports it, or
     a snapshot that carries a patch); its modules are imported only then."""
-    import os
+    from amber.boot import kernels
 
-    sysfs = Path(os.environ.get("AMBER_SYSFS", "/sys")) / "kernel/livepatch"
+    sysfs = kernels.livepatch_sysfs()
     numbers = {n for n in (booted, default) if n is not None and s.exists(n)}
     carries = any("livepatch" in s.get(n).userdata for n in numbers)  # apply.LIVEPATCH_KEY
     if not sysfs.is_dir() and not carries:
         return {}, None
-    from amber.livepatch import apply, kernel
+    from amber.livepatch import apply, kernel, view
 
     paths = kernel.KernelPaths.from_environment()
-    seen = apply.view(s.root, paths, check_initrd=False)
+    seen = view.view(s.root, paths, check_initrd=False)
     active = {p.name for p in seen.patches if p.active}
     covered = apply.covering_patch(s, booted, default, active)
     return {"livepatch": {**seen.as_json(), "lines": seen.render(),
@@ -208,9 +208,9 @@ def rollback(root: Path, target: Ref | None, *, revert_livepatches: bool = False
 def _livepatches_after_rollback(root: Path, target: int, revert: bool) -> list[str]:
     """A rollback does not undo the running kernel: warn about its live patches that the
     target lacks, or with --revert-livepatches make the running kernel match the target."""
-    import os
+    from amber.boot import kernels
 
-    if not (Path(os.environ.get("AMBER_SYSFS", "/sys")) / "kernel/livepatch").is_dir():
+    if not kernels.livepatch_sysfs().is_dir():
         return []
     from amber.livepatch import apply
 

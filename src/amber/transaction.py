@@ -393,7 +393,7 @@ def run_packages(options: Options, action: str, names: Sequence[str]) -> Result:
 
 
 def run_initrd(options: Options) -> Result:
-    from amber import initrd
+    from amber.boot import initrd
 
     def steps(chroot: Chroot) -> None:
         for argv in initrd.commands(chroot.path):

@@ -4,34 +4,23 @@ pristine image are built once and cached; every test gets its own copy of the im
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from amber import layout
+from testing import rootfs
+from testing.images import (
+    INCLUDE_DNF,
+    INCLUDE_INITRAMFS_TOOLS,
+    INCLUDE_ZYPPER,
+    pristine_image,
+)
 from tests.conftest import require
-
-CACHE = Path(os.environ.get("AMBER_TEST_CACHE", "/var/tmp/amber-test-cache"))
-SUITE = "bookworm"
-INCLUDE = ("rpm",)
-# A second system whose initrd generator is Debian's default, initramfs-tools (with kmod).
-INCLUDE_INITRAMFS_TOOLS = (*INCLUDE, "initramfs-tools", "kmod")
-# And one with SUSE's package manager (Debian packages it), so that zypper runs for real.
-INCLUDE_ZYPPER = (*INCLUDE, "zypper")
-INCLUDE_DNF = (*INCLUDE, "dnf", "createrepo-c")
-IMAGE_SIZE = "3G"
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _key(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 def _prerequisites() -> None:
@@ -39,44 +28,6 @@ def _prerequisites() -> None:
     require(Path("/dev/loop-control").exists(), "root tests need loop devices")
     require(shutil.which("mkfs.btrfs") is not None, "root tests need btrfs-progs")
     require(shutil.which("mmdebstrap") is not None, "root tests need mmdebstrap")
-
-
-def debian_tarball(include: tuple[str, ...] = INCLUDE) -> Path:
-    key = _key(SUITE, "apt", *include)
-    tarball = CACHE / f"debian-{SUITE}-{key}.tar"
-    if tarball.exists():
-        return tarball
-    CACHE.mkdir(parents=True, exist_ok=True)
-    partial = tarball.with_suffix(".partial.tar")
-    subprocess.run(["mmdebstrap", "--quiet", "--variant=apt", f"--include={','.join(include)}",
-                    SUITE, str(partial)], check=True, stdin=subprocess.DEVNULL)
-    partial.rename(tarball)
-    return tarball
-
-
-def pristine_image(include: tuple[str, ...] = INCLUDE) -> Path:
-    tarball = debian_tarball(include)
-    layout_hash = hashlib.sha256((REPO / "src/amber/layout.py").read_bytes()).hexdigest()
-    key = _key(tarball.name, IMAGE_SIZE, layout_hash)
-    image = CACHE / f"root-{key}.img"
-    if image.exists():
-        return image
-    partial = image.with_suffix(".partial")
-    partial.unlink(missing_ok=True)
-    subprocess.run(["truncate", "-s", IMAGE_SIZE, str(partial)], check=True)
-    subprocess.run(["mkfs.btrfs", "-q", "-f", str(partial)], check=True)
-    top = Path(tempfile.mkdtemp(prefix="amber-test-top-"))
-    subprocess.run(["mount", "-o", "loop", str(partial), str(top)], check=True)
-    try:
-        snapshot = layout.create_skeleton(top)
-        subprocess.run(["tar", "-xf", str(tarball), "-C", str(snapshot)], check=True)
-        layout.finish(top)
-    finally:
-        subprocess.run(["umount", str(top)], check=True)
-        top.rmdir()
-    partial.rename(image)
-    return image
-
 
 @dataclass
 class System:
@@ -134,7 +85,7 @@ def booted_like(pristine: Path, tmp_path: Path) -> Iterator[System]:
     root = tmp_path / "root"
     root.mkdir()
     try:
-        mounts = layout.mount_root(device, root)
+        mounts = rootfs.mount_root(device, root)
     except BaseException:
         subprocess.run(["losetup", "-d", str(device)], check=False)
         raise
@@ -142,7 +93,7 @@ def booted_like(pristine: Path, tmp_path: Path) -> Iterator[System]:
     try:
         yield system
     finally:
-        layout.unmount_all(system.mounts)
+        rootfs.unmount_all(system.mounts)
         subprocess.run(["losetup", "-d", str(device)], check=False)
         leftovers = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True,
                                    text=True).stdout

@@ -68,7 +68,7 @@ def rpm_manager_story(system: Any, tmp_path: Path) -> None:
     """The rest of a package manager's story, once snapshot 3 has amber-hello 1.0 and 2.0 is
     published: amber up, diff, a local unsigned .rpm, a removal, a failure that changes nothing."""
     from amber.log import ExitCode
-    from tests.packages import build_rpm
+    from testing.packages import build_rpm
 
     outcome = json.loads(amber(system.root, "up", "--continue", "--json").stdout)
     assert (outcome["snapshot"], outcome["default"]) == (4, 4)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.packages import build_rpm
+from testing.packages import build_rpm
 from tests.root.conftest import System
 from tests.root.helpers import amber, hello_version, rpm_installed, rpm_manager_story
 

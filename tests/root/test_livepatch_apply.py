@@ -20,19 +20,22 @@ from pathlib import Path
 
 import pytest
 
-from amber import btrfs, layout
-from amber.livepatch import apply
+from amber import btrfs
+from amber.boot import initrd
+from amber.livepatch import apply, early, view
 from amber.livepatch import kernel as kernel_side
 from amber.log import AmberError, ExitCode
 from amber.snapshots import Store
+from testing import rootfs
+from testing.images import CACHE
+from testing.livepatch_packages import build_livepatch_deb, build_livepatch_rpm, rpm_name
+from testing.modules import build
+from testing.packages import build_deb
 from tests.conftest import require
-from tests.livepatch_packages import build_livepatch_deb, build_livepatch_rpm, rpm_name
-from tests.modules import build
-from tests.packages import build_deb
-from tests.root.conftest import CACHE, System
+from tests.root.conftest import System
 from tests.root.helpers import amber, numbers, rpm_installed, status
-from tests.unit.conftest import kernel_release_for_tests
-from tests.unit.test_livepatch_kernel import FakeKernel
+from tests.support.fake_kernel import FakeKernel
+from tests.support.modules import kernel_release_for_tests
 
 pytestmark = pytest.mark.root
 
@@ -87,8 +90,8 @@ def prepare(system: System, kit: Kit, dracut: bool = True) -> None:
     debs = [str(p) for p in sorted(kit.packages.glob("*.deb"))
             if dracut or "amber-test-dracut" not in p.name]
     amber(system.root, "pkg", "install", *debs)
-    layout.unmount_all(system.mounts)
-    system.mounts = layout.mount_root(system.device, system.root)
+    rootfs.unmount_all(system.mounts)
+    system.mounts = rootfs.mount_root(system.device, system.root)
     assert Store(system.root).booted() == 2
     amber(system.root, "livepatch", "enable")
 
@@ -132,7 +135,7 @@ def test_rpm_then_deb_cumulative_replace(system: System, kit: Kit, kernel: FakeK
     assert rpm_installed(snapshot, rpm_name(kit.release))
     depmod = (snapshot / "usr/lib/modules" / kit.release / "modules.dep").read_text()
     assert "livepatch/amber_lp_v1.ko:" in depmod
-    conf = (snapshot / apply.DRACUT_CONF).read_text()
+    conf = (snapshot / early.DRACUT_CONF).read_text()
     assert 'force_drivers+=" amber_lp_v1 "' in conf
     initrd = (snapshot / "boot" / f"initrd.img-{kit.release}").read_text()
     assert initrd.startswith(f"dracut --quiet --force /boot/initrd.img-{kit.release} "
@@ -156,7 +159,7 @@ def test_rpm_then_deb_cumulative_replace(system: System, kit: Kit, kernel: FakeK
         "amber_lp_v2.ko"]
     assert not rpm_installed(system.snapshot(4), rpm_name(kit.release))
     assert rpm_installed(system.snapshot(3), rpm_name(kit.release))
-    conf = (system.snapshot(4) / apply.DRACUT_CONF).read_text()
+    conf = (system.snapshot(4) / early.DRACUT_CONF).read_text()
     assert "amber_lp_v2" in conf and "amber_lp_v1" not in conf
     assert active(kernel) == ["amber_lp_v2"] and "amber_lp_v1" not in kernel.loaded
     st = status(system.root)
@@ -260,7 +263,7 @@ def test_no_initrd_generator_changes_nothing(system: System, kit: Kit,
 
 def test_live_only_and_next_boot(system: System, kit: Kit, kernel: FakeKernel) -> None:
     prepare(system, kit)
-    outcome = apply.apply(system.root, [str(kit.v1)], mode="live-only", paths=kernel.paths,
+    outcome = apply.apply(system.root, [str(kit.v1)], mode=apply.Mode.LIVE_ONLY, paths=kernel.paths,
                           syscalls=kernel)
     assert outcome.snapshot is None and active(kernel) == ["amber_lp_v1"]
     assert numbers(system.root) == [1, 2]
@@ -269,7 +272,7 @@ def test_live_only_and_next_boot(system: System, kit: Kit, kernel: FakeKernel) -
         "amber livepatch revert amber_lp_v1 (unload it now), or apply it again to keep it"]
     apply.revert(system.root, "amber_lp_v1", paths=kernel.paths, syscalls=kernel)
 
-    outcome = apply.apply(system.root, [str(kit.v2)], mode="next-boot", paths=kernel.paths,
+    outcome = apply.apply(system.root, [str(kit.v2)], mode=apply.Mode.NEXT_BOOT, paths=kernel.paths,
                           syscalls=kernel)
     assert (outcome.snapshot, outcome.loaded) == (3, False)
     assert active(kernel) == []
@@ -292,12 +295,12 @@ def test_initramfs_tools_loads_the_patch_from_its_initrd(initramfs_tools_system:
     outcome = apply.apply(system.root, [str(deb)], paths=kernel.paths, syscalls=kernel)
     assert (outcome.snapshot, outcome.loaded) == (3, True)
     snapshot = system.snapshot(3)
-    assert apply.initrd_patches(snapshot) == ["amber_lp_v1"]
+    assert early.initrd_patches(snapshot) == ["amber_lp_v1"]
     assert initramfs_files(snapshot, kit.release)["conf/modules"].count("amber_lp_v1") == 1
     assert any(p.endswith("livepatch/amber_lp_v1.ko") for p in initramfs_files(
         snapshot, kit.release))
-    view = apply.view(system.root, kernel.paths).patches
-    assert [(p.name, p.next_boot, p.in_initrd) for p in view] == [("amber_lp_v1", True, True)]
+    seen = view.view(system.root, kernel.paths).patches
+    assert [(p.name, p.next_boot, p.in_initrd) for p in seen] == [("amber_lp_v1", True, True)]
 
     outcome = apply.apply(system.root, [str(kit.v2)], paths=kernel.paths, syscalls=kernel)
     assert (outcome.snapshot, outcome.replaced) == (4, ("amber_lp_v1",))
@@ -313,8 +316,8 @@ def initramfs_files(snapshot: Path, release: str) -> dict[str, str]:
     """The initrd's main archive unpacked (path → text of the small files, "" for the rest)."""
     image = snapshot / "boot" / f"initrd.img-{release}"
     data = image.read_bytes()
-    offset = apply.main_archive_offset(data)
-    command = next(c for magic, c in apply.DECOMPRESSORS.items()
+    offset = initrd.main_archive_offset(data)
+    command = next(c for magic, c in initrd.DECOMPRESSORS.items()
                    if data[offset:offset + len(magic)] == magic)
     out = Path(tempfile.mkdtemp(prefix="amber-initrd-"))
     try:

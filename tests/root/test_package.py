@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from testing.images import CACHE, SUITE
 from tests.conftest import require
-from tests.root.conftest import CACHE, SUITE
 from tools import package
 
 pytestmark = pytest.mark.root

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from amber import btrfs, layout
+from amber import btrfs
+from testing import rootfs
+from testing.packages import build_deb
 from tests.conftest import require
-from tests.packages import build_deb
 from tests.root.conftest import System
 from tests.root.helpers import amber, amber_json, numbers, status
 
@@ -149,7 +150,7 @@ def test_snapper_reads_amber_and_amber_reads_snapper(system: System, tmp_path: P
     # Mount the filesystem a second time as it would boot next (default = snapshot 2).
     second = tmp_path / "next-boot"
     second.mkdir()
-    mounts = layout.mount_root(system.device, second)
+    mounts = rootfs.mount_root(system.device, second)
     try:
         listing = subprocess.run(["snapper", "--no-dbus", "--root", str(second), "-c", "root",
                                   "--csvout", "list", "--columns", "number,description,cleanup"],
@@ -164,13 +165,14 @@ def test_snapper_reads_amber_and_amber_reads_snapper(system: System, tmp_path: P
             "important": "yes"}
         assert status(second)["booted"] == 2
     finally:
-        layout.unmount_all(mounts)
+        rootfs.unmount_all(mounts)
 
 
 def test_foreign_layout_made_with_btrfs_progs(pristine: Path, tmp_path: Path) -> None:
     """A root laid out the way SUSE's installer or kiwi does it, with btrfs-progs and a
     hand-written info.xml, no shared subvolumes but /var: amber manages it as it is."""
-    from tests.root.conftest import attach, debian_tarball
+    from testing.images import debian_tarball
+    from tests.root.conftest import attach
 
     image = tmp_path / "foreign.img"
     subprocess.run(["truncate", "-s", "2G", str(image)], check=True)

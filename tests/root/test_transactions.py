@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from amber import btrfs
-from tests.packages import build_deb, build_rpm, write_apt_index
+from testing.packages import build_deb, build_rpm, write_apt_index
 from tests.root.conftest import System
 from tests.root.helpers import (
     AMBER,

@@ -3,44 +3,18 @@ key made at test time, and Debian's own kernel modules (downloaded, never instal
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from testing.modules import build
 from tests.conftest import require
-from tests.modules import build
+from tests.support.modules import Modules, SigningKey, kernel_release_for_tests
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache"
-
-
-def kernel_release_for_tests() -> str | None:
-    """AMBER_TEST_KERNEL_RELEASE, else the first installed linux-headers-*-<arch> package."""
-    if os.environ.get("AMBER_TEST_KERNEL_RELEASE"):
-        return os.environ["AMBER_TEST_KERNEL_RELEASE"]
-    for headers in sorted(Path("/usr/src").glob("linux-headers-*")):
-        if (headers / ".config").exists():
-            return headers.name.removeprefix("linux-headers-")
-    return None
-
-
-@dataclass(frozen=True)
-class Modules:
-    release: str
-    v1: Path
-    v2: Path
-    plain: Path
-
-
-@dataclass(frozen=True)
-class SigningKey:
-    key: Path
-    cert: Path
-    trusted: Path  # a folder holding only the certificate
 
 
 @pytest.fixture(scope="session")

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from amber.livepatch import apply
+from amber.boot import initrd, kernels
+from amber.livepatch import early, sources, view
 from amber.log import AmberError, ExitCode
-from tests.livepatch_packages import build_livepatch_deb, build_livepatch_rpm, rpm_name
-from tests.unit.conftest import Modules
+from testing.livepatch_packages import build_livepatch_deb, build_livepatch_rpm, rpm_name
+from tests.support.modules import Modules
 
 
 def test_package_files_are_unpacked_on_the_host(modules: Modules, tmp_path: Path) -> None:
@@ -20,7 +21,7 @@ def test_package_files_are_unpacked_on_the_host(modules: Modules, tmp_path: Path
     for i, (package, module, name) in enumerate(
             ((rpm, modules.v1, rpm_name(modules.release)),
              (deb, modules.v2, f"amber-livepatch-{modules.release}"))):
-        source = apply.resolve(Path("/"), str(package), tmp_path / f"work{i}")
+        source = sources.resolve(Path("/"), str(package), tmp_path / f"work{i}")
         assert source.package == name
         assert [m.name for m in source.modules] == [module.name]
         assert source.modules[0].read_bytes() == module.read_bytes()
@@ -30,34 +31,46 @@ def test_package_files_are_unpacked_on_the_host(modules: Modules, tmp_path: Path
 def test_bad_sources_are_refused(tmp_path: Path) -> None:
     empty = build_livepatch_deb(tmp_path, "6.1.0-1-amd64", Path(__file__), "1")
     with pytest.raises(AmberError) as caught:
-        apply.resolve(Path("/"), str(empty), tmp_path / "work")
+        sources.resolve(Path("/"), str(empty), tmp_path / "work")
     assert caught.value.code == ExitCode.INCOMPATIBLE
     assert "contains no kernel module" in caught.value.message
     with pytest.raises(AmberError) as caught:
-        apply.resolve(Path("/"), str(tmp_path / "nothing.ko"), tmp_path / "work2")
+        sources.resolve(Path("/"), str(tmp_path / "nothing.ko"), tmp_path / "work2")
     assert caught.value.code == ExitCode.NOT_FOUND
     with pytest.raises(AmberError) as caught:
-        apply.resolve(Path("/"), "some/dir/file.txt", tmp_path / "work3")
+        sources.resolve(Path("/"), "some/dir/file.txt", tmp_path / "work3")
     assert caught.value.code == ExitCode.USAGE
 
 
+@pytest.mark.parametrize("suffix", [".deb", ".rpm"])
+def test_a_broken_package_is_a_bad_module_not_a_failed_transaction(tmp_path: Path,
+                                                                   suffix: str) -> None:
+    """No snapshot exists in the preflight, so a failing host command there is not exit 3."""
+    broken = tmp_path / f"broken{suffix}"
+    broken.write_bytes(b"not a package at all\n" * 10)
+    with pytest.raises(AmberError) as caught:
+        sources.resolve(Path("/"), str(broken), tmp_path / "work")
+    assert caught.value.code == ExitCode.BAD_MODULE
+    assert str(broken) in caught.value.message
+
+
 def test_dracut_config_lists_only_the_newest(tmp_path: Path) -> None:
-    apply.configure_initrd(tmp_path, "dracut", "amber_lp_v1", [])
-    assert apply.initrd_patches(tmp_path) == ["amber_lp_v1"]
-    apply.configure_initrd(tmp_path, "dracut", "amber_lp_v2", ["amber_lp_v1"])
-    assert apply.initrd_patches(tmp_path) == ["amber_lp_v2"]
-    assert 'force_drivers+=" amber_lp_v2 "' in (tmp_path / apply.DRACUT_CONF).read_text()
+    early.configure_initrd(tmp_path, "dracut", "amber_lp_v1", [])
+    assert early.initrd_patches(tmp_path) == ["amber_lp_v1"]
+    early.configure_initrd(tmp_path, "dracut", "amber_lp_v2", ["amber_lp_v1"])
+    assert early.initrd_patches(tmp_path) == ["amber_lp_v2"]
+    assert 'force_drivers+=" amber_lp_v2 "' in (tmp_path / early.DRACUT_CONF).read_text()
 
 
 def test_initramfs_tools_modules_keep_the_admins_lines(tmp_path: Path) -> None:
-    modules = tmp_path / apply.INITRAMFS_MODULES
+    modules = tmp_path / early.INITRAMFS_MODULES
     modules.parent.mkdir(parents=True)
     modules.write_text("# the admin's modules\nvirtio_blk\n")
-    apply.configure_initrd(tmp_path, "update-initramfs", "amber_lp_v1", [])
-    apply.configure_initrd(tmp_path, "update-initramfs", "amber_lp_v2", ["amber_lp_v1"])
+    early.configure_initrd(tmp_path, "update-initramfs", "amber_lp_v1", [])
+    early.configure_initrd(tmp_path, "update-initramfs", "amber_lp_v2", ["amber_lp_v1"])
     assert modules.read_text() == ("# the admin's modules\nvirtio_blk\n"
-                                   f"{apply.INITRAMFS_MARKER}\namber_lp_v2\n")
-    assert apply.initrd_patches(tmp_path) == ["amber_lp_v2"]
+                                   f"{early.INITRAMFS_MARKER}\namber_lp_v2\n")
+    assert early.initrd_patches(tmp_path) == ["amber_lp_v2"]
 
 
 def test_boot_kernel_follows_the_vmlinuz_link(tmp_path: Path) -> None:
@@ -65,10 +78,10 @@ def test_boot_kernel_follows_the_vmlinuz_link(tmp_path: Path) -> None:
         (tmp_path / "boot").mkdir(exist_ok=True)
         (tmp_path / f"boot/vmlinuz-{release}").write_text("")
         (tmp_path / f"usr/lib/modules/{release}").mkdir(parents=True)
-    assert apply.boot_kernel(tmp_path) == "6.1.0-10-amd64"  # the newest, by version
+    assert kernels.boot_kernel(tmp_path) == "6.1.0-10-amd64"  # the newest, by version
     (tmp_path / "vmlinuz").symlink_to("boot/vmlinuz-6.1.0-9-amd64")
-    assert apply.boot_kernel(tmp_path) == "6.1.0-9-amd64"
-    assert apply.boot_kernel(tmp_path / "nothing") is None
+    assert kernels.boot_kernel(tmp_path) == "6.1.0-9-amd64"
+    assert kernels.boot_kernel(tmp_path / "nothing") is None
 
 
 def cpio(folder: Path) -> bytes:
@@ -90,8 +103,8 @@ def test_initrd_listing_skips_the_early_cpio(tmp_path: Path) -> None:
     head = cpio(early)
     image = tmp_path / "initrd.img"
     image.write_bytes(head + b"\0" * 512 + compressed)
-    assert apply.main_archive_offset(image.read_bytes()) == len(head) + 512
-    listing = apply.list_initrd(image)
+    assert initrd.main_archive_offset(image.read_bytes()) == len(head) + 512
+    listing = initrd.list_initrd(image)
     assert listing is not None
     assert "usr/lib/modules/6.1/livepatch/amber_lp_v2.ko" in listing.splitlines()
 
@@ -108,20 +121,20 @@ def test_initrd_listing_of_an_uncompressed_initrd(tmp_path: Path) -> None:
     for data in (head + cpio(main), cpio(main)):
         image = tmp_path / "initrd.img"
         image.write_bytes(data)
-        listing = apply.list_initrd(image)
+        listing = initrd.list_initrd(image)
         assert listing is not None
         assert "usr/lib/modules/6.1/livepatch/amber_lp_v1.ko" in listing.splitlines()
 
 
 def test_drift_sentences_name_the_command() -> None:
-    active_only = apply.PatchView("amber_lp_v2", active=True, booted=True, next_boot=False,
+    active_only = view.PatchView("amber_lp_v2", active=True, booted=True, next_boot=False,
                                   in_initrd=None)
     warning, resolve = active_only.drift(1) or ("", "")
     assert "active now, but the next boot (snapshot 1) does not load it" in warning
     assert resolve.startswith("amber livepatch revert amber_lp_v2")
-    next_only = apply.PatchView("amber_lp_v2", active=False, booted=False, next_boot=True,
+    next_only = view.PatchView("amber_lp_v2", active=False, booted=False, next_boot=True,
                                 in_initrd=True, next_file="/.snapshots/3/snapshot/x.ko")
     warning, resolve = next_only.drift(3) or ("", "")
     assert "does not have it" in warning
     assert resolve == "amber livepatch load /.snapshots/3/snapshot/x.ko, or reboot"
-    assert apply.PatchView("a", True, True, True, True).drift(2) is None
+    assert view.PatchView("a", True, True, True, True).drift(2) is None

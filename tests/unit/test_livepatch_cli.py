@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from amber.log import ExitCode
-from tests.modules import build
-from tests.unit.conftest import Modules, SigningKey
+from testing.modules import build
+from tests.support.modules import Modules, SigningKey
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -20,8 +20,9 @@ from hypothesis import strategies as st
 from amber.config import DEFAULT_MAX_MODULE_SIZE
 from amber.livepatch import module, signature
 from amber.log import AmberError, ExitCode
-from tests.modules import bombs, build
-from tests.unit.conftest import Modules, SigningKey
+from testing.modules import build
+from tests.support import bombs
+from tests.support.modules import Modules, SigningKey
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20

@@ -13,27 +13,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from amber.livepatch import apply, payload
+from amber.livepatch import payload, sources
 from amber.log import AmberError, ExitCode
-from tests.livepatch_packages import build_livepatch_deb, build_livepatch_rpm
-from tests.modules import bombs
-from tests.unit.conftest import Modules
+from testing.livepatch_packages import build_livepatch_deb, build_livepatch_rpm
+from tests.support import bombs
+from tests.support.modules import Modules
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
 
-# apply.resolve() of one package in a fresh interpreter: time, peak of allocated memory,
+# sources.resolve() of one package in a fresh interpreter: time, peak of allocated memory,
 # peak resident size of the children (dpkg-deb and its decompressor), what it said.
 MEASURE = """
 import json, resource, sys, time, tracemalloc
 from pathlib import Path
-from amber.livepatch import apply
+from amber.livepatch import sources
 from amber.log import AmberError
 
 tracemalloc.start()
 start = time.monotonic()
 try:
-    apply.resolve(Path("/"), sys.argv[1], Path(sys.argv[2]))
+    sources.resolve(Path("/"), sys.argv[1], Path(sys.argv[2]))
     code, message = 0, ""
 except AmberError as e:
     code, message = int(e.code), e.message
@@ -57,7 +57,7 @@ def test_only_the_modules_are_written(modules: Modules, tmp_path: Path) -> None:
     listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True,
                              check=True).stdout
     assert "usr/share/amber-bomb/zeros" in listing  # the real tool reads the hand-made .deb
-    source = apply.resolve(Path("/"), str(deb), tmp_path / "work")
+    source = sources.resolve(Path("/"), str(deb), tmp_path / "work")
     assert source.package == "amber-bomb"
     assert [m.read_bytes() for m in source.modules] == [modules.v1.read_bytes()]
     assert files_below(tmp_path / "work") == [f"unpacked-small.deb/{module_path(modules)}"]
@@ -94,11 +94,11 @@ def test_configured_limit_counts_the_whole_payload(modules: Modules, tmp_path: P
     build = build_livepatch_deb if kind == "deb" else build_livepatch_rpm
     package = build(tmp_path, modules.release, large, "1")
     with pytest.raises(AmberError) as caught:
-        apply.resolve(Path("/"), str(package), tmp_path / "work", 2 * MiB)
+        sources.resolve(Path("/"), str(package), tmp_path / "work", 2 * MiB)
     assert caught.value.code == ExitCode.BAD_MODULE
     assert "unpacks to more than 2 MiB" in caught.value.message
     assert caught.value.hint is not None and "max_module_size" in caught.value.hint
-    source = apply.resolve(Path("/"), str(package), tmp_path / "work2", 4 * MiB)
+    source = sources.resolve(Path("/"), str(package), tmp_path / "work2", 4 * MiB)
     assert [m.read_bytes() for m in source.modules] == [large.read_bytes()]
 
 
@@ -106,7 +106,7 @@ def test_a_file_that_is_no_package(tmp_path: Path) -> None:
     for name in ("junk.deb", "junk.rpm"):
         (tmp_path / name).write_bytes(b"not a package\n" * 100)
         with pytest.raises(AmberError) as caught:
-            apply.resolve(Path("/"), str(tmp_path / name), tmp_path / f"work-{name}")
+            sources.resolve(Path("/"), str(tmp_path / name), tmp_path / f"work-{name}")
         assert caught.value.code == ExitCode.BAD_MODULE
         assert "cannot be unpacked" in caught.value.message
 

@@ -62,7 +62,7 @@ def test_package_holds_the_product_and_no_test_code(deb: Path) -> None:
     package_dir = "/usr/lib/python3/dist-packages/amber/"
     shipped = {path.removeprefix(package_dir) for path in files if path.startswith(package_dir)
                and path.endswith(".py")}
-    product = {str(p.relative_to(SRC)) for p in SRC.rglob("*.py")} - {"vm.py"}
+    product = {str(p.relative_to(SRC)) for p in SRC.rglob("*.py")}
     assert shipped == product
     assert not [path for path in files if re.search(r"/(tests?|testing)/|vm\.py$|__pycache__|"
                                                     r"\.pyc$|conftest", path)]
@@ -184,8 +184,7 @@ def test_documented_environment_is_all_amber_reads() -> None:
     documented = {name for name, _ in manpage.ENVIRONMENT}
     read = set()
     for path in SRC.rglob("*.py"):
-        if path.name != "vm.py":
-            read |= set(re.findall(r"\bAMBER_[A-Z_]+\b", path.read_text()))
+        read |= set(re.findall(r"\bAMBER_[A-Z_]+\b", path.read_text()))
     assert {name for name in read if not name.startswith("AMBER_TEST")} <= documented
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from amber import packages
 from amber.log import AmberError
+from amber.packages import database
 
 
 def snapshot_with(tmp_path: Path, *tools: str) -> Path:
@@ -75,6 +76,6 @@ def test_read_dpkg(tmp_path: Path) -> None:
                       "Package: b\nStatus: deinstall ok config-files\nVersion: 2\n\n"
                       "Package: c\nStatus: install ok installed\nArchitecture: amd64\n"
                       "Version: 3:1.2-1\n")
-    installed = packages.read_dpkg(tmp_path)
+    installed = database.read_dpkg(tmp_path)
     assert installed["a"] == "1.0" and "b" not in installed
     assert installed.get("c", installed.get("c:amd64")) == "3:1.2-1"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from amber.vm import VM, default_state
+from testing.vm import VM, default_state
 from tests.conftest import require
 
 

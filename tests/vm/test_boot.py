@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from amber.vm import VM
-from tests.packages import build_deb
+from testing.packages import build_deb
+from testing.vm import VM
 from tests.vm.conftest import amber_status
 
 pytestmark = pytest.mark.vm

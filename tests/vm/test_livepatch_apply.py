@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from amber.log import ExitCode
-from amber.vm import VM
-from tests.livepatch_packages import build_livepatch_deb, build_livepatch_rpm
-from tests.modules import build
+from testing.livepatch_packages import build_livepatch_deb, build_livepatch_rpm
+from testing.modules import build
+from testing.vm import VM
 from tests.vm.conftest import amber_status, booted_vm
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,15 +85,15 @@ def initrd_force_drivers(vm: VM, snapshot: int, release: str) -> str:
     """The kernel command line files dracut wrote into the snapshot's initrd (force_drivers
     becomes rd.driver.pre there), read on the host past dracut's early cpio, compressed or
     not."""
-    from amber.livepatch import apply
+    from amber.boot import initrd
 
     image = f"/.snapshots/{snapshot}/snapshot/boot/initrd.img-{release}"
     with tempfile.TemporaryDirectory(prefix="amber-initrd-") as tmp:
         local = Path(tmp) / "initrd.img"
         vm.get(image, local)
         data = local.read_bytes()
-        offset = apply.main_archive_offset(data)
-        command = next(c for magic, c in apply.DECOMPRESSORS.items()
+        offset = initrd.main_archive_offset(data)
+        command = next(c for magic, c in initrd.DECOMPRESSORS.items()
                        if data[offset:offset + len(magic)] == magic)
         script = f'tail -c +{offset + 1} "$1" | {command} | cpio -i --quiet --to-stdout ' \
                  "'etc/cmdline.d/*'"

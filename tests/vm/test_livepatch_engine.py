@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from amber.log import ExitCode
-from amber.vm import VM
-from tests.modules import build
+from testing.modules import build
+from testing.vm import VM
 from tests.vm.conftest import booted_vm
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from amber.image import attached, mounted
-from amber.vm import VM, default_state
+from testing.vm import VM, default_state
 from tests.vm.conftest import vm_prerequisites
 from tools import package
 

@@ -20,7 +20,6 @@ view), and reverting the patches a rollback target does not have.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -30,171 +29,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from amber import config, initrd, log, packages, transaction
-from amber.livepatch import kernel, payload
-from amber.livepatch.module import ModuleInfo, module_name_from_path
+from amber import config, log, transaction
+from amber.boot import initrd
+from amber.boot.kernels import boot_kernel, modules_dir, running_release
+from amber.livepatch import kernel, policy
+from amber.livepatch.early import configure_initrd
+from amber.livepatch.module import ModuleInfo
 from amber.livepatch.module import read as read_module
+from amber.livepatch.policy import Mode as Mode
+from amber.livepatch.sources import Source, resolve
+from amber.livepatch.view import carried, installed_patches, next_boot_patches
 from amber.log import AmberError, ExitCode, die
-from amber.run import run
+from amber.packages import database
 from amber.snapshots import Store, number_of_name
 
 LIVEPATCH_KEY = "livepatch"
 LIVEPATCH_ONLY_KEY = "livepatch-only"
 LIVEPATCH_RELEASE_KEY = "livepatch-kernel"
-DRACUT_CONF = "etc/dracut.conf.d/50-amber-livepatch.conf"
-INITRAMFS_MODULES = "etc/initramfs-tools/modules"
-INITRAMFS_MARKER = "# live patch, loaded early (managed by amber livepatch apply)"
 
-MODES = ("now", "next-boot", "live-only")
+
 
 
 # ---- sources: package files, package names, bare modules ----------------------------------
 
-@dataclass(frozen=True)
-class Source:
-    argument: str  # as the admin gave it
-    file: Path  # the package or module file on the host
-    kind: str  # "deb", "rpm" or "module"
-    package: str | None  # the package's name
-    modules: tuple[Path, ...]  # module files extracted on the host
-
-
-def is_module_file(name: str) -> bool:
-    return name.endswith(payload.MODULE_SUFFIXES)
-
-
-def package_name(file: Path, kind: str) -> str:
-    if kind == "deb":
-        return run(["dpkg-deb", "-f", file, "Package"], capture=True).stdout.strip()
-    return run(["rpm", "-qp", "--qf", "%{NAME}", file], capture=True).stdout.strip()
-
-
-def download(root: Path, name: str, dest: Path) -> Path:
-    """A package from the system's repositories, fetched (not installed) for the preflight."""
-    dest.mkdir(parents=True)
-    manager = packages.detect(root)
-    if manager == "apt":
-        run(["apt-get", "download", name], cwd=dest, capture=True,
-            where=f"while downloading {name}")
-    elif manager == "dnf":
-        run(["dnf", "download", "--destdir", dest, name], capture=True,
-            where=f"while downloading {name}")
-    elif manager == "zypper":
-        run(["zypper", "--non-interactive", "--pkg-cache-dir", dest, "download", name],
-            capture=True, where=f"while downloading {name}")
-    else:
-        die(f"cannot fetch package {name}: plain rpm has no repositories",
-            hint="pass the .rpm file instead", code=ExitCode.ENVIRONMENT)
-    files = sorted(p for p in dest.rglob("*") if p.name.endswith(packages.PACKAGE_SUFFIXES))
-    if not files:
-        die(f"the package manager fetched no package file for {name}",
-            hint="check the name with your package manager", code=ExitCode.NOT_FOUND)
-    return files[0]
-
-
-def resolve(root: Path, argument: str, work: Path,
-            limit: int = config.DEFAULT_MAX_MODULE_SIZE) -> Source:
-    """The module files of a package file, package name or module file; a package's payload
-    is unpacked in memory, at most limit bytes of it ([livepatch] max_module_size)."""
-    path = Path(argument)
-    if is_module_file(argument):
-        if not path.is_file():
-            die(f"module file {argument} does not exist", hint="check the path",
-                code=ExitCode.NOT_FOUND)
-        return Source(argument, path, "module", None, (path,))
-    if argument.endswith(packages.PACKAGE_SUFFIXES):
-        if not path.is_file():
-            die(f"package file {argument} does not exist",
-                hint="check the path; a package name has no .rpm or .deb ending",
-                code=ExitCode.NOT_FOUND)
-        file = path
-    elif "/" in argument:
-        die(f"{argument} is neither a package (.rpm, .deb) nor a module (.ko, .ko.xz, .ko.zst)",
-            hint="pass a live patch package, a package name or a module file",
-            code=ExitCode.USAGE)
-    else:
-        file = download(root, argument, work / "download")
-    kind = "deb" if file.name.endswith(".deb") else "rpm"
-    found = payload.extract_modules(file, kind, work / f"unpacked-{file.name}", limit)
-    if not found:
-        die(f"{argument} contains no kernel module under /lib/modules/<release>/",
-            hint="a live patch package carries its module in /lib/modules/<release>/livepatch/",
-            code=ExitCode.INCOMPATIBLE)
-    return Source(argument, file, kind, package_name(file, kind), tuple(found))
-
 
 # ---- kernels and snapshots ----------------------------------------------------------------
-
-def version_key(release: str) -> list[tuple[int, str]]:
-    import re
-
-    return [(int(part), "") if part.isdigit() else (-1, part)
-            for part in re.split(r"[.\-+~]", release)]
-
-
-def boot_kernel(snapshot: Path) -> str | None:
-    """The kernel release a snapshot boots: its /vmlinuz link (as the boot loader reads it),
-    else the newest installed kernel."""
-    for link in ("vmlinuz", "boot/vmlinuz"):
-        path = snapshot / link
-        if path.is_symlink():
-            name = Path(os.readlink(path)).name
-            if name.startswith("vmlinuz-"):
-                return name.removeprefix("vmlinuz-")
-    releases = initrd.kernels(snapshot)
-    return max(releases, key=version_key) if releases else None
-
-
-def modules_dir(snapshot: Path) -> Path:
-    merged = snapshot / "usr/lib/modules"
-    return merged if merged.is_dir() else snapshot / "lib/modules"
-
-
-def installed_patches(snapshot: Path, release: str) -> dict[str, Path]:
-    """{module name: file} of the live patch modules in a snapshot for a kernel release."""
-    directory = modules_dir(snapshot) / release / "livepatch"
-    if not directory.is_dir():
-        return {}
-    return {module_name_from_path(p): p for p in sorted(directory.iterdir())
-            if is_module_file(p.name)}
-
-
-def initrd_patches(snapshot: Path) -> list[str]:
-    """The live patches the snapshot's initrd configuration loads early."""
-    dracut = snapshot / DRACUT_CONF
-    if dracut.is_file():
-        names: list[str] = []
-        for line in dracut.read_text().splitlines():
-            if line.startswith("force_drivers+="):
-                names += line.partition("=")[2].strip().strip('"').split()
-        return names
-    modules = snapshot / INITRAMFS_MODULES
-    if modules.is_file():
-        lines = modules.read_text().splitlines()
-        return [lines[i + 1].strip() for i, line in enumerate(lines[:-1])
-                if line == INITRAMFS_MARKER]
-    return []
-
-
-def owners(snapshot: Path, files: Sequence[Path]) -> set[str]:
-    """The packages (dpkg or rpm) that installed these files of the snapshot."""
-    wanted: set[str] = set()
-    for f in files:
-        relative = "/" + str(f.relative_to(snapshot))
-        wanted |= {relative, relative.removeprefix("/usr")}
-    names: set[str] = set()
-    for info in ("usr/lib/sysimage/dpkg/info", "var/lib/dpkg/info"):
-        for listing in sorted((snapshot / info).glob("*.list")):
-            if wanted & set(listing.read_text(errors="replace").splitlines()):
-                names.add(listing.name.removesuffix(".list").partition(":")[0])
-    dbpath = snapshot / "usr/lib/sysimage/rpm"
-    if dbpath.is_dir() and shutil.which("rpm"):
-        for path in sorted(wanted):
-            result = run(["rpm", "--dbpath", dbpath, "-qf", "--qf", "%{NAME}\n", path],
-                         capture=True, check=False)
-            if result.returncode == 0:
-                names |= set(result.stdout.split())
-    return names
 
 
 # ---- preflight ----------------------------------------------------------------------------
@@ -202,7 +61,7 @@ def owners(snapshot: Path, files: Sequence[Path]) -> set[str]:
 @dataclass(frozen=True)
 class Plan:
     root: Path
-    mode: str
+    mode: Mode
     sources: tuple[Source, ...]
     module: ModuleInfo
     module_file: Path  # on the host
@@ -211,10 +70,6 @@ class Plan:
     base_number: int | None
     next_release: str | None  # the kernel of the snapshot the transaction starts from
     warnings: tuple[str, ...] = ()
-
-
-def running_release() -> str:
-    return os.environ.get("AMBER_KERNEL_RELEASE") or os.uname().release
 
 
 def pick_base(store: Store, base: str | None) -> tuple[str | None, int | None]:
@@ -234,49 +89,34 @@ def pick_base(store: Store, base: str | None) -> tuple[str | None, int | None]:
     return None, booted
 
 
-def check_next_boot(module: ModuleInfo, running: str, next_release: str | None,
-                    number: int | None, mode: str) -> None:
-    if next_release is None:
-        die(f"snapshot {number} has no kernel, so no initrd can load the live patch at boot",
-            hint="--live-only patches the running kernel until the next reboot",
-            code=ExitCode.ENVIRONMENT)
-    if mode != "next-boot" and next_release != running \
-            and module.kernel_release == running:
-        die(f"snapshot {number}, which boots next, has kernel {next_release}: the live patch "
-            f"for the running kernel {running} would do nothing after a reboot",
-            hint=f"install the live patch built for {next_release}, or use --live-only to "
-                 "patch the running kernel until the reboot", code=ExitCode.INCOMPATIBLE)
-
-
-def preflight(root: Path, arguments: Sequence[str], mode: str, base: str | None,
+def make_plan(root: Path, arguments: Sequence[str], mode: Mode, base: str | None,
               work: Path, paths: kernel.KernelPaths) -> Plan:
+    """The preflight: every check before any snapshot exists, and what the transaction does."""
     settings = config.load(root).livepatch
-    if not settings.enabled:  # before downloading or unpacking anything
-        die("live patching is disabled on this system", hint="amber livepatch enable",
-            code=ExitCode.LIVEPATCH_DISABLED)
+    policy.require_enabled(settings)  # before downloading or unpacking anything
     sources = tuple(resolve(root, a, work / str(i), settings.max_module_size)
                     for i, a in enumerate(arguments))
     files = [f for s in sources for f in s.modules]
     running = running_release()
     base_option, number, next_release = None, None, None
-    if mode != "live-only":
+    if mode != Mode.LIVE_ONLY:
         store = Store(root)
         store.check()
         base_option, number = pick_base(store, base)
         next_release = boot_kernel(store.path(number)) if number is not None else None
-    if mode == "live-only":
+    if mode == Mode.LIVE_ONLY:
         releases = [running]
-    elif mode == "next-boot":
+    elif mode == Mode.NEXT_BOOT:
         releases = [next_release] if next_release else []
     else:
         releases = list(dict.fromkeys([running, *([next_release] if next_release else [])]))
     checked = []
     for f in files:
         info = read_module(f, settings.max_module_size)
-        if mode != "live-only":
-            check_next_boot(info, running, next_release, number, mode)
-        checked.append(kernel.preflight(f, settings, root=root, kernel_releases=releases,
-                                        paths=paths))
+        if mode != Mode.LIVE_ONLY:
+            policy.check_next_boot(info, running, next_release, number, mode)
+        checked.append(policy.check_module(f, settings, root=root, kernel_releases=releases,
+                                           paths=paths))
     if len(checked) != 1:
         names = ", ".join(c.module.name for c in checked)
         die(f"{len(checked)} live patches given ({names}); amber applies one cumulative live "
@@ -289,25 +129,6 @@ def preflight(root: Path, arguments: Sequence[str], mode: str, base: str | None,
 
 # ---- the transaction ----------------------------------------------------------------------
 
-def configure_initrd(snapshot: Path, generator: str, name: str, old: Sequence[str]) -> None:
-    """Make the initrd load exactly this live patch early (the newest replaces the rest)."""
-    if generator == "dracut":
-        path = snapshot / DRACUT_CONF
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("# Written by amber livepatch apply: the live patch is in the initrd and "
-                        "is loaded early\n# (rd.driver.pre), before the root is mounted.\n"
-                        f'force_drivers+=" {name} "\n')
-        return
-    path = snapshot / INITRAMFS_MODULES
-    drop = {*old, *initrd_patches(snapshot)}
-    kept: list[str] = []
-    for line in (path.read_text().splitlines() if path.is_file() else []):
-        if line == INITRAMFS_MARKER or line.strip() in drop:
-            continue
-        kept.append(line)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join([*kept, INITRAMFS_MARKER, name]) + "\n")
-
 
 def install_steps(plan: Plan, timings: dict[str, float]) -> transaction.Steps:
     release = plan.next_release or plan.running
@@ -319,7 +140,7 @@ def install_steps(plan: Plan, timings: dict[str, float]) -> transaction.Steps:
         generator = initrd.generator(snapshot)  # no generator: refuse before changing anything
         previous = {n: f for n, f in installed_patches(snapshot, release).items() if n != name}
         new_packages = {s.package for s in plan.sources if s.package}
-        stale = sorted(owners(snapshot, list(previous.values())) - new_packages)
+        stale = sorted(database.owners(snapshot, list(previous.values())) - new_packages)
         if stale:
             log.step(f"removing the previous live patch package(s): {', '.join(stale)}")
             chroot.run_package_manager("remove", stale, step="removing the previous live patch")
@@ -367,7 +188,7 @@ def install_sources(chroot: transaction.Chroot, plan: Plan, release: str) -> Non
 @dataclass(frozen=True)
 class Outcome:
     name: str
-    mode: str
+    mode: Mode
     snapshot: int | None
     base: int | None
     loaded: bool
@@ -414,12 +235,10 @@ def workspace() -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def apply(root: Path, arguments: Sequence[str], *, mode: str = "now", keep: bool = False,
+def apply(root: Path, arguments: Sequence[str], *, mode: Mode = Mode.NOW, keep: bool = False,
           timeout: float | None = None, base: str | None = None, wait: bool = False,
           paths: kernel.KernelPaths | None = None,
           syscalls: kernel.Syscalls | None = None) -> Outcome:
-    if mode not in MODES:
-        die(f"unknown mode {mode!r}", code=ExitCode.USAGE)
     paths = paths or kernel.KernelPaths.from_environment()
     syscalls = syscalls or kernel.LinuxSyscalls()
     settings = config.load(root).livepatch
@@ -427,10 +246,10 @@ def apply(root: Path, arguments: Sequence[str], *, mode: str = "now", keep: bool
     with workspace() as work:
         started = time.monotonic()
         log.step("Checking the live patch (preflight)")
-        plan = preflight(root, arguments, mode, base, work, paths)
+        plan = make_plan(root, arguments, mode, base, work, paths)
         timings["preflight"] = time.monotonic() - started
         name = plan.module.name
-        if mode == "live-only":
+        if mode == Mode.LIVE_ONLY:
             started = time.monotonic()
             log.step(f"Loading live patch {name} into the running kernel only")
             removed = kernel.load(plan.module_file, plan.module, paths,
@@ -448,7 +267,7 @@ def apply(root: Path, arguments: Sequence[str], *, mode: str = "now", keep: bool
         result = transaction.execute(options, install_steps(plan, timings),
                                      f"amber livepatch apply {name}")
         assert result.number is not None
-        if mode == "next-boot":
+        if mode == Mode.NEXT_BOOT:
             log.info(f"live patch {name} is installed in snapshot {result.number}, the default "
                      "for the next boot; it is not loaded now")
             return Outcome(name, mode, result.number, result.base, False, (), timings=timings,
@@ -490,193 +309,13 @@ def revert(root: Path, name: str, *, timeout: float | None = None,
     log.step(f"Reverting live patch {name} in the running kernel")
     kernel.unload(paths, name, waiting(timeout, settings), syscalls)
     removed = [name, *kernel.cleanup_replaced(paths, syscalls)]
-    carried = next_boot_patches(root)
-    if name in carried:
+    if name in next_boot_patches(root):
         log.warn(f"the next boot still loads {name} from its initrd",
                  hint="'amber rollback N' to a snapshot without it (see 'amber snapshots')")
     return removed
 
 
 # ---- the view: running kernel, booted snapshot, next boot ---------------------------------
-
-def next_boot_patches(root: Path) -> list[str]:
-    try:
-        store = Store(root)
-        default = store.default() if store.dir.is_dir() else None
-    except AmberError:
-        return []
-    if default is None:
-        return []
-    snapshot = store.path(default)
-    release = boot_kernel(snapshot)
-    present = installed_patches(snapshot, release) if release else {}
-    return [n for n in initrd_patches(snapshot) if n in present]
-
-
-DECOMPRESSORS = {b"\x28\xb5\x2f\xfd": "zstd -dc", b"\x1f\x8b": "gzip -dc",
-                 b"\xfd7zXZ": "xz -dc", b"\x02\x21\x4c\x18": "lz4 -dc", b"070701": "cat"}
-
-
-def main_archive_offset(data: bytes) -> int:
-    """Where the main archive starts: after the uncompressed early cpio (microcode) that
-    dracut puts in front, and its zero padding. An uncompressed initrd is all cpio: then the
-    main archive is the last one."""
-    offset = start = 0
-    while data[offset:offset + 6] == b"070701":
-        name_size = int(data[offset + 94:offset + 102], 16)
-        file_size = int(data[offset + 54:offset + 62], 16)
-        name = data[offset + 110:offset + 110 + name_size - 1]
-        offset += (110 + name_size + 3) // 4 * 4
-        offset += (file_size + 3) // 4 * 4
-        if name == b"TRAILER!!!":
-            while offset < len(data) and data[offset] == 0:
-                offset += 1
-            if offset >= len(data):
-                return start
-            if data[offset:offset + 6] != b"070701":
-                break
-            start = offset
-    return offset
-
-
-CACHE_DIR = Path("/run/amber")
-
-
-def initrd_listing(snapshot: Path, release: str) -> str | None:
-    """The kernel modules in the initrd, or None when it cannot be read here.
-
-    The initrd of a closed snapshot never changes, so the answer is cached in /run by the
-    file's identity: listing a compressed initrd takes seconds on a slow machine."""
-    import json
-
-    image = initrd.initrd_path(snapshot, release)
-    if not image.is_file():
-        return None
-    st = image.stat()
-    key = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
-    cache = CACHE_DIR / "initrd-modules.json"
-    try:
-        known = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        known = {}
-    if isinstance(known, dict) and isinstance(known.get(key), str):
-        return str(known[key])
-    listing = list_initrd(image)
-    if listing is None:
-        return None
-    modules = "\n".join(line for line in listing.splitlines() if ".ko" in line)
-    try:
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({key: modules}))
-    except OSError:
-        pass
-    return modules
-
-
-def list_initrd(image: Path) -> str | None:
-    """The initrd's file list. Not lsinitrd: that is ten times slower, as it also reads every
-    file's metadata."""
-    if not shutil.which("cpio"):
-        return None
-    data = image.read_bytes()
-    offset = main_archive_offset(data)
-    command = next((c for magic, c in DECOMPRESSORS.items()
-                    if data[offset:offset + len(magic)] == magic), None)
-    if command is None or not shutil.which(command.split()[0]):
-        return None
-    result = run(["sh", "-c", f'tail -c +{offset + 1} "$1" | {command} | cpio -t --quiet',
-                  "sh", image], capture=True, check=False)
-    return result.stdout if result.returncode == 0 else None
-
-
-@dataclass(frozen=True)
-class PatchView:
-    name: str
-    active: bool  # enabled in the running kernel
-    booted: bool  # the booted snapshot has the module for the running kernel
-    next_boot: bool  # the default snapshot's initrd configuration loads it
-    in_initrd: bool | None  # the default snapshot's initrd holds the module (None: unknown)
-    next_file: str = ""  # the module in the default snapshot, as seen on the running system
-
-    def drift(self, default: int | None) -> tuple[str, str] | None:
-        if self.active and not self.next_boot:
-            return (f"live patch {self.name} is active now, but the next boot "
-                    f"(snapshot {default}) does not load it",
-                    f"amber livepatch revert {self.name} (unload it now), or apply it again "
-                    "to keep it")
-        if self.next_boot and not self.active:
-            return (f"the next boot (snapshot {default}) loads live patch {self.name}, but the "
-                    "running kernel does not have it",
-                    f"amber livepatch load {self.next_file}, or reboot")
-        if self.next_boot and self.in_initrd is False:
-            return (f"snapshot {default} is configured to load {self.name} but its initrd "
-                    "does not contain it", "amber initrd --continue")
-        return None
-
-    def as_json(self, default: int | None) -> dict[str, Any]:
-        drift = self.drift(default)
-        return {"name": self.name, "active": self.active, "booted_snapshot": self.booted,
-                "next_boot": self.next_boot, "in_initrd": self.in_initrd,
-                "drift": ({"warning": drift[0], "resolve": drift[1]} if drift else None)}
-
-
-@dataclass(frozen=True)
-class View:
-    booted: int | None
-    default: int | None
-    patches: tuple[PatchView, ...]
-
-    def as_json(self) -> dict[str, Any]:
-        return {"booted": self.booted, "default": self.default,
-                "patches": [p.as_json(self.default) for p in self.patches]}
-
-    def warnings(self) -> list[tuple[str, str]]:
-        return [d for p in self.patches if (d := p.drift(self.default)) is not None]
-
-    def render(self) -> list[str]:
-        lines = []
-        for p in self.patches:
-            where = [w for w, yes in (("active now", p.active),
-                                      (f"in booted snapshot {self.booted}", p.booted),
-                                      (f"loaded by the next boot ({self.default})", p.next_boot))
-                     if yes]
-            lines.append(f"live patch {p.name}: {', '.join(where) or 'nowhere'}")
-        return lines
-
-
-def view(root: Path, paths: kernel.KernelPaths, check_initrd: bool = True) -> View:
-    store = Store(root)
-    booted, default = (store.booted(), store.default()) if store.dir.is_dir() else (None, None)
-    running = running_release()
-    active = {p.name for p in kernel.patches(paths) if p.enabled}
-    in_booted = installed_patches(root, running) if booted is not None else {}
-    in_next: list[str] = []
-    present: dict[str, Path] = {}
-    listing = None
-    if default is not None:
-        snapshot = store.path(default)
-        release = boot_kernel(snapshot)
-        if release:
-            present = installed_patches(snapshot, release)
-            in_next = [n for n in initrd_patches(snapshot) if n in present]
-            if check_initrd and in_next:
-                listing = initrd_listing(snapshot, release)
-    names = sorted({*active, *in_booted, *in_next})
-    return View(booted, default, tuple(PatchView(
-        name=n, active=n in active, booted=n in in_booted, next_boot=n in in_next,
-        in_initrd=None if listing is None else _listed(listing, n),
-        next_file="/" + str(present[n].relative_to(root)) if n in present else "")
-        for n in names))
-
-
-def _listed(listing: str, name: str) -> bool:
-    forms = {name, name.replace("_", "-")}
-    return any(f"/{form}.ko" in listing for form in forms)
-
-
-def carried(root: Path, number: int) -> dict[str, Path]:
-    """The live patches snapshot `number` has for the running kernel."""
-    return installed_patches(Store(root).path(number), running_release())
 
 
 def revert_for_rollback(root: Path, target: int, apply_now: bool,

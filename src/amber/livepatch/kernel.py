@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from amber.config import LivepatchConfig
-from amber.livepatch import signature
-from amber.livepatch.module import ModuleInfo, incompatibility, read, read_image
+from amber.boot import kernels
+from amber.livepatch.module import ModuleInfo, read_image
 from amber.log import AmberError, ExitCode, die, info, warn
 
 # kernel/panic.c taint_flags: bit → (letter, meaning)
@@ -64,8 +63,7 @@ class KernelPaths:
     @classmethod
     def from_environment(cls) -> KernelPaths:
         """AMBER_SYSFS and AMBER_PROCFS point amber at other trees (for tests)."""
-        return cls(sys=Path(os.environ.get("AMBER_SYSFS", "/sys")),
-                   proc=Path(os.environ.get("AMBER_PROCFS", "/proc")))
+        return cls(sys=kernels.sysfs(), proc=kernels.procfs())
 
     @property
     def livepatch(self) -> Path:
@@ -586,73 +584,3 @@ def _remove_quietly(name: str, syscalls: Syscalls) -> None:
     except OSError as e:
         warn(f"could not unload {name} after reversing it: {e.strerror}",
              hint=f"amber livepatch unload {name}")
-
-
-# ---- preflight ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Preflight:
-    module: ModuleInfo
-    verdict: signature.Verdict
-    warnings: tuple[str, ...]
-
-
-def trusted_keys_folder(root: Path, config: LivepatchConfig) -> Path:
-    return root / config.trusted_keys.lstrip("/")
-
-
-def preflight(path: Path, config: LivepatchConfig, *, root: Path = Path("/"),
-              kernel_releases: Sequence[str] | None = None,
-              paths: KernelPaths | None = None) -> Preflight:
-    """Every check before a live patch touches the system; dies with the first problem.
-
-    kernel_releases: the kernels the module must fit, by default the running one; `apply`
-    passes the running kernel and the kernel of the snapshot that boots next.
-    Warnings (signature policy 'warn') are printed and returned.
-    """
-    paths = paths or KernelPaths.from_environment()
-    releases = list(kernel_releases) if kernel_releases else [os.uname().release]
-    if not config.enabled:
-        die("live patching is disabled on this system",
-            hint="amber livepatch enable", code=ExitCode.LIVEPATCH_DISABLED)
-    module = read(path, config.max_module_size)
-    if not module.livepatch:
-        die(f"{path}: {module.name} is not a live patch (its modinfo has no livepatch=Y)",
-            hint="load ordinary modules with modprobe", code=ExitCode.INCOMPATIBLE)
-    for release in releases:
-        reason = incompatibility(module, release)
-        if reason:
-            die(f"{path}: {reason}", hint="use the live patch built for this kernel",
-                code=ExitCode.INCOMPATIBLE)
-    if not supported(paths):
-        die("the running kernel does not support live patching "
-            f"({paths.livepatch} does not exist)",
-            hint="boot a kernel built with CONFIG_LIVEPATCH=y", code=ExitCode.ENVIRONMENT)
-    keys = trusted_keys_folder(root, config)
-    verdict = signature.verdict(module, signature.load_trusted(keys))
-    warnings = []
-    problem = signature.check_policy(module, verdict, config.signature_policy)
-    if problem and config.signature_policy == "enforce":
-        raise signature.policy_error(problem, keys)
-    if problem:
-        warnings.append(problem)
-    if verdict == signature.Verdict.UNSIGNED and signatures_enforced(paths):
-        die(f"{path}: the module is unsigned and the kernel enforces module signatures "
-            "(sig_enforce); it would be refused (signature rejected)",
-            hint="sign the module with a key in the kernel's keyring", code=ExitCode.SIGNATURE)
-    mode = lockdown(paths)
-    if verdict == signature.Verdict.UNSIGNED and mode != "none":
-        die(f"{path}: the module is unsigned and the kernel is locked down ({mode})",
-            hint="sign the module with a key in the kernel's keyring", code=ExitCode.SIGNATURE)
-    for patch in patches(paths):
-        if patch.transition:
-            die(f"live patch {patch.name} is still in transition",
-                hint="wait for it to finish; see 'amber livepatch status'",
-                code=ExitCode.KERNEL_REFUSED)
-        if patch.name == module.name:
-            die(f"live patch {module.name} is already active",
-                hint=f"unload it first: amber livepatch unload {module.name}",
-                code=ExitCode.REFUSED)
-    for text in warnings:
-        warn(text, hint=f"trusted certificates live in {keys}")
-    return Preflight(module=module, verdict=verdict, warnings=tuple(warnings))

@@ -1,17 +1,29 @@
-"""dnf (Fedora, RHEL)."""
+"""dnf (Fedora, RHEL); dnf5 where the snapshot has it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from amber.packages import Action
 
 
-def commands(action: str, packages: Sequence[str], dnf: str = "dnf") -> list[list[str]]:
-    if action == "install":
-        return [[dnf, "-y", "install", *packages]]
-    if action == "remove":
-        return [[dnf, "-y", "remove", *packages]]
-    if action == "update":
-        return [[dnf, "-y", "upgrade", *packages]]
-    if action == "up":
+class Dnf:
+    name = "dnf"
+    success_notes: Mapping[int, str] = {}
+
+    def __init__(self, program: str = "dnf"):
+        self.program = program
+
+    def commands(self, action: Action, packages: Sequence[str]) -> list[list[str]]:
+        dnf = self.program
+        if action == Action.INSTALL:
+            return [[dnf, "-y", "install", *packages]]
+        if action == Action.REMOVE:
+            return [[dnf, "-y", "remove", *packages]]
+        if action == Action.UPDATE:
+            return [[dnf, "-y", "upgrade", *packages]]
         return [[dnf, "-y", "upgrade", "--refresh"]]
-    raise ValueError(action)
+
+    def download(self, name: str, dest: Path) -> list[str]:
+        return ["dnf", "download", "--destdir", str(dest), name]

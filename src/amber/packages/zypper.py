@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from amber.packages import Action
 
 ZYPPER = ["zypper", "--non-interactive"]
 
@@ -21,17 +24,22 @@ def _local_files(packages: Sequence[str]) -> list[str]:
     return ["--allow-unsigned-rpm"] if any(p.endswith(".rpm") for p in packages) else []
 
 
-def commands(action: str, packages: Sequence[str]) -> list[list[str]]:
-    if action == "install":
-        return [[*ZYPPER, "install", "--auto-agree-with-licenses", *_local_files(packages),
-                 *packages]]
-    if action == "remove":
-        return [[*ZYPPER, "remove", *packages]]
-    if action == "update":
-        return [[*ZYPPER, "update", "--auto-agree-with-licenses", *_local_files(packages),
-                 *packages]]
-    if action == "up":
+class Zypper:
+    name = "zypper"
+    success_notes: Mapping[int, str] = SUCCESS_NOTES
+
+    def commands(self, action: Action, packages: Sequence[str]) -> list[list[str]]:
+        if action == Action.INSTALL:
+            return [[*ZYPPER, "install", "--auto-agree-with-licenses", *_local_files(packages),
+                     *packages]]
+        if action == Action.REMOVE:
+            return [[*ZYPPER, "remove", *packages]]
+        if action == Action.UPDATE:
+            return [[*ZYPPER, "update", "--auto-agree-with-licenses", *_local_files(packages),
+                     *packages]]
         # Refresh first, as apt-get update does for apt: zypper's own auto-refresh is skipped
         # for a while after the last one.
         return [[*ZYPPER, "refresh"], [*ZYPPER, "update", "--auto-agree-with-licenses"]]
-    raise ValueError(action)
+
+    def download(self, name: str, dest: Path) -> list[str]:
+        return [*ZYPPER, "--pkg-cache-dir", str(dest), "download", name]

@@ -4,10 +4,9 @@ The harness is the bootloader, as SUSE's GRUB is: before each boot it reads the 
 initrd and /etc/kernel/cmdline of the *default* snapshot from the stopped disk, and boots them
 with no subvol= on the command line, so the kernel mounts the default subvolume.
 
-The host talks to a small agent in the guest (this module, copied to /usr/lib/amber-test/agent.py
-and enabled only in the test image) over qemu's user network, forwarded from 127.0.0.1 only. One
-TCP connection runs one command; frames carry stdin, stdout, stderr and the exit code,
-binary-safe.
+The host talks to a small agent in the guest (testing/agent.py, copied into test images only,
+never into a user image) over qemu's user network, forwarded from 127.0.0.1 only. One TCP
+connection runs one command; frames carry stdin, stdout, stderr and the exit code, binary-safe.
 
 Everything lives in a state folder: the cached images, the running disk (a sparse copy of the
 image: the host filesystem may have no reflinks, and the harness must read the disk between
@@ -22,21 +21,19 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from amber.log import AmberError, ExitCode, die, step
+from testing.agent import AGENT_PORT, MAGIC, recv_frame
 
-AGENT_PORT = 5555
 AGENT_UNIT = "amber-test-agent.service"
-MAGIC = b"AMBER-AGENT-1\n"
+AGENT_PATH = "/usr/lib/amber-test/agent.py"
 BOOT_TIMEOUT = float(os.environ.get("AMBER_TESTVM_BOOT_TIMEOUT", "300"))
 MEMORY = os.environ.get("AMBER_TESTVM_MEMORY", "1024")
 CPUS = os.environ.get("AMBER_TESTVM_CPUS", "2")
@@ -47,122 +44,19 @@ def default_state() -> Path:
     return Path(os.environ.get("AMBER_TESTVM_STATE", "/var/tmp/amber-testvm"))
 
 
-# ---- the wire format -----------------------------------------------------------------------
-# request:  MAGIC, one JSON line {"argv": [...], "timeout": float|null, "stdin": n}, n bytes
-# response: frames of kind (1 byte) + length (4 bytes, big endian) + payload;
-#           b"o" stdout, b"e" stderr, b"x" the end: JSON {"code": int, "timed_out": bool}
-
-_FRAME = struct.Struct(">cI")
-
-
-def send_frame(sock: socket.socket, kind: bytes, payload: bytes) -> None:
-    sock.sendall(_FRAME.pack(kind, len(payload)) + payload)
-
-
-def recv_exact(sock: socket.socket, size: int) -> bytes:
-    chunks = []
-    while size:
-        chunk = sock.recv(min(size, 1 << 20))
-        if not chunk:
-            raise ConnectionError("connection closed")
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
-
-
-def recv_frame(sock: socket.socket) -> tuple[bytes, bytes]:
-    kind, size = _FRAME.unpack(recv_exact(sock, _FRAME.size))
-    return kind, recv_exact(sock, size)
-
-
-def recv_line(sock: socket.socket, limit: int = 1 << 20) -> bytes:
-    data = bytearray()
-    while not data.endswith(b"\n"):
-        if len(data) > limit:
-            raise ConnectionError("request line too long")
-        data += recv_exact(sock, 1)
-    return bytes(data)
-
-
-# ---- the agent (runs in the guest) ---------------------------------------------------------
-
-def _pump(stream: IO[bytes], sock: socket.socket, kind: bytes, lock: threading.Lock) -> None:
-    while chunk := stream.read1(65536):  # type: ignore[attr-defined]
-        with lock:
-            send_frame(sock, kind, chunk)
-
-
-def _feed(stream: IO[bytes], data: bytes) -> None:
-    with contextlib.suppress(BrokenPipeError):
-        stream.write(data)
-    with contextlib.suppress(BrokenPipeError):
-        stream.close()
-
-
-def serve_one(sock: socket.socket) -> None:
-    if recv_exact(sock, len(MAGIC)) != MAGIC:
-        return
-    request = json.loads(recv_line(sock))
-    stdin = recv_exact(sock, int(request["stdin"]))
-    lock = threading.Lock()
-    try:
-        proc = subprocess.Popen(request["argv"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
-    except OSError as e:
-        send_frame(sock, b"e", f"agent: cannot run {request['argv'][0]}: {e}\n".encode())
-        send_frame(sock, b"x", json.dumps({"code": 127, "timed_out": False}).encode())
-        return
-    assert proc.stdin and proc.stdout and proc.stderr
-    threads = [threading.Thread(target=_feed, args=(proc.stdin, stdin)),
-               threading.Thread(target=_pump, args=(proc.stdout, sock, b"o", lock)),
-               threading.Thread(target=_pump, args=(proc.stderr, sock, b"e", lock))]
-    for thread in threads:
-        thread.start()
-    timed_out = False
-    try:
-        proc.wait(timeout=request.get("timeout"))
-    except subprocess.TimeoutExpired:
-        timed_out = True
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    for thread in threads[1:]:
-        # A child left in the background may hold the pipes open; do not wait for it forever.
-        thread.join(timeout=None if not timed_out else 5)
-    with lock:
-        send_frame(sock, b"x", json.dumps({"code": proc.returncode,
-                                           "timed_out": timed_out}).encode())
-
-
-def agent_main(port: int = AGENT_PORT) -> None:
-    class Handler(threading.Thread):
-        def __init__(self, conn: socket.socket):
-            super().__init__(daemon=True)
-            self.conn = conn
-
-        def run(self) -> None:
-            with self.conn, contextlib.suppress(OSError, ValueError, KeyError):
-                serve_one(self.conn)
-
-    server = socket.create_server(("0.0.0.0", port), reuse_port=False)
-    while True:
-        conn, _ = server.accept()
-        Handler(conn).start()
-
-
 # ---- the test image ------------------------------------------------------------------------
 
 def test_image_files() -> tuple[Any, ...]:
     """What only the test image has: the agent's service and a static address for it."""
     from amber.image import ExtraFile
 
-    unit = """\
+    unit = f"""\
 [Unit]
 Description=amber test agent (test images only)
 After=local-fs.target
 
 [Service]
-ExecStart=/usr/bin/python3 /usr/lib/amber-test/agent.py agent
+ExecStart=/usr/bin/python3 {AGENT_PATH}
 Restart=always
 
 [Install]
@@ -184,8 +78,8 @@ LinkLocalAddressing=no
     wants = "/etc/systemd/system/multi-user.target.wants"
     return (
         # amber's package leaves this module out: the agent is added to test images only.
-        ExtraFile("/usr/lib/amber-test/agent.py", Path(__file__).read_text()),
         ExtraFile("/etc/modprobe.d/amber-test-vm.conf", blacklist),
+        ExtraFile(AGENT_PATH, (Path(__file__).parent / "agent.py").read_text(), mode=0o755),
         ExtraFile(f"/etc/systemd/system/{AGENT_UNIT}", unit),
         ExtraFile(f"{wants}/{AGENT_UNIT}", link_to=f"/etc/systemd/system/{AGENT_UNIT}"),
         ExtraFile("/etc/systemd/network/10-amber-test.network", network),
@@ -315,7 +209,7 @@ class VM:
         """amber's .deb, built from this checkout by tools/package (reproducible: the same
         sources give the same file, and so the same image key)."""
         self.cache.mkdir(parents=True, exist_ok=True)
-        repo = Path(__file__).resolve().parents[2]
+        repo = Path(__file__).resolve().parents[1]
         # In this VM's own state folder: the cache is shared with other checkouts.
         result = subprocess.run([str(repo / "tools/package"), "--output", str(self.state / "dist")],
                                 capture_output=True, text=True)
@@ -507,15 +401,3 @@ class VM:
 
     def get(self, remote: str, local: Path) -> None:
         local.write_bytes(self.exec(["cat", remote]).stdout)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args[:1] == ["agent"]:
-        agent_main()
-    print("usage: agent.py agent", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

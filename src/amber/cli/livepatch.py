@@ -8,17 +8,12 @@ kernel's release is os.uname().release unless AMBER_KERNEL_RELEASE says otherwis
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from amber import log
-
-
-def running_release() -> str:
-    return os.environ.get("AMBER_KERNEL_RELEASE") or os.uname().release
-
+from amber.boot.kernels import running_release
 
 # ---- inspect ------------------------------------------------------------------------------
 
@@ -78,10 +73,10 @@ def render_inspect(data: dict[str, Any]) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from amber import config
-    from amber.livepatch import kernel, module, signature
+    from amber.livepatch import module, policy, signature
 
     settings = config.load(args.root).livepatch
-    trusted = signature.load_trusted(kernel.trusted_keys_folder(args.root, settings))
+    trusted = signature.load_trusted(policy.trusted_keys_folder(args.root, settings))
     release = args.kernel_release or running_release()
     results = []
     for path in args.files:
@@ -128,11 +123,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _view(root: Path, paths: Any) -> Any:
     """Running kernel, booted snapshot and next boot side by side (None off an amber root)."""
-    from amber.livepatch import apply
+    from amber.livepatch import view
     from amber.log import AmberError
 
     try:
-        return apply.view(root, paths)
+        return view.view(root, paths)
     except AmberError:
         return None
 
@@ -195,12 +190,13 @@ def _waiting(args: argparse.Namespace, default_timeout: float) -> Any:
 
 def cmd_load(args: argparse.Namespace) -> int:
     from amber import config
-    from amber.livepatch import kernel
+    from amber.livepatch import kernel, policy
 
     settings = config.load(args.root).livepatch
     paths = kernel.KernelPaths.from_environment()
-    checked = kernel.preflight(args.file, settings, root=args.root,
-                               kernel_releases=[running_release()], paths=paths)
+    policy.require_enabled(settings)
+    checked = policy.check_module(args.file, settings, root=args.root,
+                                  kernel_releases=[running_release()], paths=paths)
     if args.force_transition:
         log.warn("--force-transition: a stalled transition will be forced, not reversed",
                  hint="a forced patch can never be unloaded; plan a reboot")
@@ -249,7 +245,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from amber.livepatch import apply
     from amber.snapshots import Ref
 
-    mode = "next-boot" if args.next_boot else "live-only" if args.live_only else "now"
+    mode = (apply.Mode.NEXT_BOOT if args.next_boot else apply.Mode.LIVE_ONLY if args.live_only
+            else apply.Mode.NOW)
     base = None if args.base is None else Ref.parse(args.base, ("booted", "default"),
                                                     "a snapshot for --base").text
     outcome = apply.apply(args.root, args.sources, mode=mode, keep=args.keep,

@@ -1,0 +1,86 @@
+"""initrd generation inside a snapshot, with the system's own generator: dracut or
+initramfs-tools. Only kernels that are installed in the snapshot are considered."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from amber.boot import kernels
+from amber.log import ExitCode, die
+from amber.run import run
+
+
+def generator(snapshot: Path) -> str:
+    for name in ("dracut", "update-initramfs"):
+        for where in ("usr/bin", "usr/sbin", "bin", "sbin"):
+            if (snapshot / where / name).exists():
+                return name
+    die(f"no initrd generator (dracut or initramfs-tools) in {snapshot}",
+        hint="install dracut in a transaction: amber pkg install dracut",
+        code=ExitCode.ENVIRONMENT)
+
+
+def commands(snapshot: Path, releases: list[str] | None = None) -> list[list[str]]:
+    """The commands that regenerate the initrds of `releases` (default: every kernel)."""
+    tool = generator(snapshot)
+    wanted = releases if releases is not None else kernels.installed(snapshot)
+    if not wanted:
+        die(f"no kernel installed in {snapshot}", hint="install a kernel package first",
+            code=ExitCode.ENVIRONMENT)
+    if tool == "dracut":
+        return [["dracut", "--quiet", "--force", f"/boot/initrd.img-{r}", r] for r in wanted]
+    return [["update-initramfs", "-u", "-k", r] for r in wanted]
+
+
+def initrd_path(snapshot: Path, release: str) -> Path:
+    """Where the snapshot's initrd of `release` is (Debian's naming, then dracut's)."""
+    for name in (f"boot/initrd.img-{release}", f"boot/initramfs-{release}.img",
+                 f"boot/initrd-{release}"):
+        if (snapshot / name).exists():
+            return snapshot / name
+    return snapshot / f"boot/initrd.img-{release}"
+
+
+# ---- reading an initrd -----------------------------------------------------------------------
+
+DECOMPRESSORS = {b"\x28\xb5\x2f\xfd": "zstd -dc", b"\x1f\x8b": "gzip -dc",
+                 b"\xfd7zXZ": "xz -dc", b"\x02\x21\x4c\x18": "lz4 -dc", b"070701": "cat"}
+
+
+def main_archive_offset(data: bytes) -> int:
+    """Where the main archive starts: after the uncompressed early cpio (microcode) that
+    dracut puts in front, and its zero padding. An uncompressed initrd is all cpio: then the
+    main archive is the last one."""
+    offset = start = 0
+    while data[offset:offset + 6] == b"070701":
+        name_size = int(data[offset + 94:offset + 102], 16)
+        file_size = int(data[offset + 54:offset + 62], 16)
+        name = data[offset + 110:offset + 110 + name_size - 1]
+        offset += (110 + name_size + 3) // 4 * 4
+        offset += (file_size + 3) // 4 * 4
+        if name == b"TRAILER!!!":
+            while offset < len(data) and data[offset] == 0:
+                offset += 1
+            if offset >= len(data):
+                return start
+            if data[offset:offset + 6] != b"070701":
+                break
+            start = offset
+    return offset
+
+
+def list_initrd(image: Path) -> str | None:
+    """The initrd's file list. Not lsinitrd: that is ten times slower, as it also reads every
+    file's metadata."""
+    if not shutil.which("cpio"):
+        return None
+    data = image.read_bytes()
+    offset = main_archive_offset(data)
+    command = next((c for magic, c in DECOMPRESSORS.items()
+                    if data[offset:offset + len(magic)] == magic), None)
+    if command is None or not shutil.which(command.split()[0]):
+        return None
+    result = run(["sh", "-c", f'tail -c +{offset + 1} "$1" | {command} | cpio -t --quiet',
+                  "sh", image], capture=True, check=False)
+    return result.stdout if result.returncode == 0 else None

@@ -1,0 +1,113 @@
+"""The snapshot verbs: status, snapshots, rollback, pin, unpin, delete, cleanup, diff."""
+
+from __future__ import annotations
+
+import argparse
+
+from amber import log
+from amber.cli.common import common, ref
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from amber import system
+
+    status = system.status(args.root)
+    if args.json:
+        log.print_json(status.as_json())
+    else:
+        print(status.render())
+    return 0
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    from amber import system
+
+    rows = system.snapshot_rows(args.root)
+    if args.json:
+        log.print_json([row.as_json() for row in rows])
+    else:
+        print(system.render_snapshot_table(rows))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from amber import system
+
+    target = None if args.target is None else ref(args.target, ("booted", "default", "last"))
+    result = system.rollback(args.root, target, revert_livepatches=args.revert_livepatches,
+                             wait=args.wait)
+    if args.json:
+        log.print_json(result)
+    return 0
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    from amber import system
+
+    system.pin(args.root, ref(args.number), pinned=args.verb == "pin", wait=args.wait)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from amber import system
+
+    system.delete(args.root, [ref(n, ()) for n in args.numbers], wait=args.wait)
+    return 0
+
+
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from amber import system
+
+    removed = system.cleanup(args.root, keep=args.keep, wait=args.wait)
+    if args.json:
+        log.print_json({"removed": removed})
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from amber import packages, system
+
+    a, b = system.resolve_pair(args.root, ref(args.a), ref(args.b))
+    changes = packages.diff(system.store(args.root).path(a), system.store(args.root).path(b))
+    if args.json:
+        log.print_json(changes.as_json())
+    else:
+        print(changes.render(a, b))
+    return 0
+
+
+def add_rollback(p: argparse.ArgumentParser) -> None:
+    common(p)
+    p.add_argument("target", nargs="?", default=None, metavar="N|last",
+                   help="snapshot number, 'booted', 'default' or 'last' (the previous default); "
+                        "without it: the booted snapshot")
+    p.add_argument("--revert-livepatches", action="store_true",
+                   help="make the running kernel's live patches match the target now: "
+                        "load its live patch, or unload the ones it does not have")
+    p.set_defaults(handler=cmd_rollback)
+
+
+def add_pin(p: argparse.ArgumentParser) -> None:
+    common(p)
+    p.add_argument("number", metavar="N", help="snapshot number (or 'booted', 'default')")
+    p.set_defaults(handler=cmd_pin)
+
+
+def add_delete(p: argparse.ArgumentParser) -> None:
+    common(p)
+    p.add_argument("numbers", nargs="+", metavar="N", help="snapshot numbers")
+    p.set_defaults(handler=cmd_delete)
+
+
+def add_cleanup(p: argparse.ArgumentParser) -> None:
+    common(p)
+    p.add_argument("--keep", type=int, default=None,
+                   help="keep the newest K (default: [snapshots] keep in amber.conf)")
+    p.set_defaults(handler=cmd_cleanup)
+
+
+def add_diff(p: argparse.ArgumentParser) -> None:
+    common(p)
+    p.add_argument("a", metavar="A", help="snapshot number (or 'booted', 'default')")
+    p.add_argument("b", metavar="B", help="snapshot number (or 'booted', 'default')")
+    p.set_defaults(handler=cmd_diff)

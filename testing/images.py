@@ -1,0 +1,65 @@
+"""Cached btrfs images holding a real minimal Debian, laid out by amber.layout, for the root
+tests and the benchmarks. The Debian tree (mmdebstrap, from the host's apt sources) and the
+pristine image are built once and cached by their inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+from amber import layout
+
+CACHE = Path(os.environ.get("AMBER_TEST_CACHE", "/var/tmp/amber-test-cache"))
+SUITE = "bookworm"
+INCLUDE = ("rpm",)
+# A second system whose initrd generator is Debian's default, initramfs-tools (with kmod).
+INCLUDE_INITRAMFS_TOOLS = (*INCLUDE, "initramfs-tools", "kmod")
+# And one with SUSE's package manager (Debian packages it), so that zypper runs for real.
+INCLUDE_ZYPPER = (*INCLUDE, "zypper")
+INCLUDE_DNF = (*INCLUDE, "dnf", "createrepo-c")
+IMAGE_SIZE = "3G"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _key(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def debian_tarball(include: tuple[str, ...] = INCLUDE) -> Path:
+    key = _key(SUITE, "apt", *include)
+    tarball = CACHE / f"debian-{SUITE}-{key}.tar"
+    if tarball.exists():
+        return tarball
+    CACHE.mkdir(parents=True, exist_ok=True)
+    partial = tarball.with_suffix(".partial.tar")
+    subprocess.run(["mmdebstrap", "--quiet", "--variant=apt", f"--include={','.join(include)}",
+                    SUITE, str(partial)], check=True, stdin=subprocess.DEVNULL)
+    partial.rename(tarball)
+    return tarball
+
+
+def pristine_image(include: tuple[str, ...] = INCLUDE) -> Path:
+    tarball = debian_tarball(include)
+    layout_hash = hashlib.sha256((REPO / "src/amber/layout.py").read_bytes()).hexdigest()
+    key = _key(tarball.name, IMAGE_SIZE, layout_hash)
+    image = CACHE / f"root-{key}.img"
+    if image.exists():
+        return image
+    partial = image.with_suffix(".partial")
+    partial.unlink(missing_ok=True)
+    subprocess.run(["truncate", "-s", IMAGE_SIZE, str(partial)], check=True)
+    subprocess.run(["mkfs.btrfs", "-q", "-f", str(partial)], check=True)
+    top = Path(tempfile.mkdtemp(prefix="amber-test-top-"))
+    subprocess.run(["mount", "-o", "loop", str(partial), str(top)], check=True)
+    try:
+        snapshot = layout.create_skeleton(top)
+        subprocess.run(["tar", "-xf", str(tarball), "-C", str(snapshot)], check=True)
+        layout.finish(top)
+    finally:
+        subprocess.run(["umount", str(top)], check=True)
+        top.rmdir()
+    partial.rename(image)
+    return image

@@ -1,0 +1,35 @@
+"""Mount an amber filesystem as a booted system sees it (tests and benchmarks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from amber.layout import CONTAINER
+from amber.log import die
+from amber.run import run
+from amber.snapshots import SHARED_SUBVOLUMES
+
+
+def mount_root(device: Path, target: Path) -> list[Path]:
+    """Mount a filesystem as a booted system sees it: default subvolume read-only at target,
+    .snapshots and the shared subvolumes writable at their places. Returns the mount points,
+    innermost last."""
+    if not target.is_dir():
+        die(f"mount point {target} does not exist")
+    mounted: list[Path] = []
+    run(["mount", "-o", "ro,compress=zstd:1", str(device), str(target)])
+    mounted.append(target)
+    try:
+        for name in (".snapshots", *SHARED_SUBVOLUMES):
+            where = target / name
+            run(["mount", "-o", f"subvol={CONTAINER}/{name}", str(device), str(where)])
+            mounted.append(where)
+    except BaseException:
+        unmount_all(mounted)
+        raise
+    return mounted
+
+
+def unmount_all(mount_points: list[Path]) -> None:
+    for where in reversed(mount_points):
+        run(["umount", str(where)], check=False)
