@@ -30,7 +30,7 @@ def test_image_has_amber_from_its_package(tmp_path: Path) -> None:
         assert dpkg_query(root, "--show", "--showformat=${Version} ${Status}", "amber") == \
             f"{package.checkout_version()} install ok installed"
         modules = root / "usr/lib/python3/dist-packages/amber"
-        assert list((modules / "__pycache__").glob("cli.cpython-*.pyc"))
+        assert list((modules / "cli/__pycache__").glob("__init__.cpython-*.pyc"))
         assert not (modules / "vm.py").exists()
         agent = "/usr/lib/amber-test/agent.py"
         assert (root / agent.lstrip("/")).is_file()
