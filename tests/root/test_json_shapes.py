@@ -1,0 +1,92 @@
+"""The JSON that amber prints is an interface: its keys and their types are pinned here, on a real
+system root, and every pinned key is named in the README, where they are documented.
+
+A key that appears, disappears or changes type fails this test; so does one the README does not
+name. Change both together."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from testing.packages import build_deb
+from tests.root.conftest import System
+from tests.root.helpers import amber, amber_json
+
+pytestmark = pytest.mark.root
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+NUMBER = int
+MAYBE_NUMBER = (int, type(None))
+MAYBE_TEXT = (str, type(None))
+
+STATUS = {"root": str, "booted": MAYBE_NUMBER, "default": MAYBE_NUMBER, "in_progress": list,
+          "interrupted": list, "reboot_needed": bool,
+          "reboot_avoided_by_livepatch": MAYBE_TEXT}
+SNAPSHOT_ROW = {"number": NUMBER, "date": str, "description": str, "read_only": bool,
+                "default": bool, "booted": bool, "pinned": bool, "in_progress": bool,
+                "cleanup": str, "type": str, "userdata": dict, "broken": MAYBE_TEXT}
+TRANSACTION = {"snapshot": MAYBE_NUMBER, "base": NUMBER, "description": str, "dropped": bool,
+               "default": MAYBE_NUMBER}
+DIFF = {"added": list, "removed": list, "changed": list}
+DIFF_ADDED = {"name": str, "version": str}
+DIFF_CHANGED = {"name": str, "old": str, "new": str}
+CLEANUP = {"removed": list}
+ROLLBACK = {"default": NUMBER, "previous_default": MAYBE_NUMBER, "booted": MAYBE_NUMBER,
+            "reverted_livepatches": list}
+
+
+def check(value: Any, shape: dict[str, Any], what: str) -> None:
+    assert isinstance(value, dict), f"{what}: not an object: {value!r}"
+    assert set(value) == set(shape), f"{what}: keys {sorted(value)} != {sorted(shape)}"
+    for key, kind in shape.items():
+        assert isinstance(value[key], kind), f"{what}.{key}: {value[key]!r} is not {kind}"
+
+
+def documented_keys() -> set[str]:
+    """Every name in a code span of the README (`key`, `{name, old, new}`)."""
+    spans = re.findall(r"`([^`\n]+)`", README.read_text())
+    return {word for span in spans for word in re.findall(r"[a-z_]+", span)}
+
+
+@pytest.mark.parametrize("shape", [STATUS, SNAPSHOT_ROW, TRANSACTION, DIFF, DIFF_ADDED,
+                                   DIFF_CHANGED, CLEANUP, ROLLBACK])
+def test_every_pinned_key_is_documented(shape: dict[str, Any]) -> None:
+    assert set(shape) <= documented_keys(), set(shape) - documented_keys()
+
+
+def test_json_shapes(system: System, tmp_path: Path) -> None:
+    root = system.root
+    check(amber_json(root, "status"), STATUS, "status")
+    deb = build_deb(tmp_path, "amber-shape", "1.0", {"/usr/share/amber-shape/a": "a\n"})
+    check(amber_json(root, "pkg", "install", str(deb)), TRANSACTION, "pkg install")
+    dropped = json.loads(amber(root, "run", "--json", "--continue", "--drop-if-no-change", "--",
+                               "true").stdout)
+    check(dropped, TRANSACTION, "run (dropped)")
+    assert dropped["dropped"] is True and dropped["snapshot"] is None
+    newer = build_deb(tmp_path, "amber-shape", "2.0", {"/usr/share/amber-shape/a": "b\n"})
+    check(amber_json(root, "pkg", "--continue", "install", str(newer)), TRANSACTION, "continue")
+
+    rows = amber_json(root, "snapshots")
+    assert isinstance(rows, list) and [r["number"] for r in rows] == [1, 2, 3]
+    for row in rows:
+        check(row, SNAPSHOT_ROW, f"snapshots[{row['number']}]")
+
+    changes = amber_json(root, "diff", "1", "3")
+    check(changes, DIFF, "diff")
+    assert [c["name"] for c in changes["added"]] == ["amber-shape"]
+    for item in changes["added"] + changes["removed"]:
+        check(item, DIFF_ADDED, "diff item")
+    changes = amber_json(root, "diff", "2", "3")
+    assert changes["changed"], changes
+    for item in changes["changed"]:
+        check(item, DIFF_CHANGED, "diff changed")
+
+    check(amber_json(root, "rollback", "2"), ROLLBACK, "rollback")
+    check(amber_json(root, "cleanup", "--keep", "1"), CLEANUP, "cleanup")
+    check(amber_json(root, "status"), STATUS, "status after")
+
