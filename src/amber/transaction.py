@@ -96,11 +96,13 @@ def set_default(store: Store, number: int) -> None:
 
 
 def checkpoint(name: str) -> None:
-    """Crash tests stop amber here with SIGKILL, as a power cut would (AMBER_TEST_CRASH_AT)."""
-    if os.environ.get("AMBER_TEST_CRASH_AT") == name:
+    """Crash tests stop amber here with SIGKILL, as a power cut would (AMBER_TEST_CRASH_AT=name),
+    or send it another signal (AMBER_TEST_CRASH_AT=name:SIGTERM)."""
+    where, _, signal_name = os.environ.get("AMBER_TEST_CRASH_AT", "").partition(":")
+    if where == name:
         import signal
 
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.Signals[signal_name or "SIGKILL"])
 
 
 # ---- a transaction -----------------------------------------------------------------------------
