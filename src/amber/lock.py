@@ -99,6 +99,15 @@ def _open(store: Store, *, create: bool) -> int | None:
     """The lock file, opened without following a link (None: it does not exist and create
     is false). A link, a directory or a device there is refused, never written through."""
     path = lock_path(store)
+    try:  # a device or a socket is refused before it is opened (opening may do something)
+        mode = os.lstat(path).st_mode
+        if not stat.S_ISREG(mode):
+            _refuse_odd_file(path, mode)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        die(f"cannot read {path}: {e.strerror}", hint="run amber as root",
+            code=ExitCode.ENVIRONMENT)
     flags = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
     flags |= os.O_RDWR | os.O_CREAT if create else os.O_RDONLY
     try:
