@@ -179,8 +179,9 @@ def run_in_chroot(
 # command (C). S is a child subreaper: whatever C starts and leaves behind, daemons included,
 # becomes S's child when its parent exits, and S kills all of it when C is done. S gets SIGTERM
 # when A dies, even by SIGKILL (PR_SET_PDEATHSIG; amber forks from its only thread), and C gets
-# SIGKILL when S dies, so a killed amber leaves no process running in its snapshot. A recovery
-# still looks for any (lock.py), should S itself have been killed.
+# SIGKILL when S dies, so a killed amber leaves no process running in its snapshot. S keeps
+# amber's lock descriptor (inherited; only exec closes it), so the lock stays held until S has
+# stopped everything. A recovery still looks for leftovers (lock.py), should S have been killed.
 
 class Command(NamedTuple):
     chroot: Path
@@ -212,7 +213,7 @@ def _supervisor(amber: int, command: Command, mounts: Sequence[Mount],
             raise _Stop
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
         status = _supervise(command, mounts, resolv_conf)
-    except _Stop:
+    except (_Stop, KeyboardInterrupt):  # the latter: amber's handler, before ours was set
         status = 128 + signal.SIGTERM
     except BaseException as e:
         print(f"amber: cannot enter the snapshot: {e}", file=sys.stderr, flush=True)
