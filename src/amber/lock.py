@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -157,6 +158,18 @@ def _require_store_subvolume(store: Store) -> None:
             code=ExitCode.ENVIRONMENT)
 
 
+def _try_lock(fd: int) -> bool:
+    """The exclusive lock if it is free, or becomes free within a moment: `amber status` takes
+    a shared one for an instant to see whether a transaction runs."""
+    for _ in range(10):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            time.sleep(0.02)
+    return False
+
+
 @contextmanager
 def locked(store: Store, wait: bool = False) -> Iterator[Lock]:
     """Hold the lock of the store's root (waiting for it, or failing at once with exit 4);
@@ -166,9 +179,7 @@ def locked(store: Store, wait: bool = False) -> Iterator[Lock]:
     assert fd is not None
     try:
         lock = Lock(store, fd)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try_lock(fd):
             owner = lock.record()
             who = f"pid {owner.get('pid')}" if owner.get("pid") else "another process"
             what = f", snapshot {owner['snapshot']}" if owner.get("snapshot") else ""
