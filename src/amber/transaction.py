@@ -301,10 +301,16 @@ def close(store: Store, number: int) -> None:
 
 
 def abort(store: Store, number: int) -> None:
+    from amber import mounts
+
     try:
         if store.default() == number:  # the commit got through before the failure
             log.warn(f"snapshot {number} is the default already: it was committed, so it stays")
             return
+        # Nothing may go on running in it (should the command's supervisor have been killed).
+        left = mounts.kill_processes_inside(store.path(number))
+        if left:
+            log.warn(f"processes {', '.join(map(str, left))} still run in snapshot {number}")
         store.delete(number)
     except AmberError as e:
         log.warn(f"could not delete snapshot {number}: {e.message}",

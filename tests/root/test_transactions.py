@@ -185,9 +185,10 @@ def test_recovery_stops_what_outlived_amber_and_its_supervisor(system: System) -
     wait_for(lambda: len(processes_inside(system.snapshot(2))) >= 3, what="sh and two sleeps")
     supervisors = children(proc.pid)
     assert len(supervisors) == 1
+    os.kill(supervisors[0], signal.SIGSTOP)  # so that it cannot act on amber's death
     proc.kill()
-    os.kill(supervisors[0], signal.SIGKILL)
     proc.wait()
+    os.kill(supervisors[0], signal.SIGKILL)
     wait_for(lambda: len(processes_inside(system.snapshot(2))) == 1, timeout=10,
              what="sh and its sleep dead with the supervisor")
     orphans = processes_inside(system.snapshot(2))
