@@ -169,3 +169,12 @@ def wait_for(condition: object, timeout: float = 30, what: str = "condition") ->
             return
         time.sleep(0.05)
     raise AssertionError(f"{what}: not reached in {timeout} s")
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")

@@ -21,6 +21,7 @@ from tests.packages import build_deb, build_rpm, write_apt_index
 from tests.root.badstate import (
     IN_PROGRESS,
     Handmade,
+    alive,
     children,
     info_xml,
     make_handmade,
@@ -196,7 +197,7 @@ def test_recovery_stops_what_outlived_amber_and_its_supervisor(system: System) -
     assert processes_inside(system.snapshot(2)) == orphans  # status stops nothing
     removed = json.loads(amber(system.root, "cleanup", "--keep", "100", "--json").stdout)
     assert removed == {"removed": [2]}
-    assert not any(Path(f"/proc/{pid}").exists() for pid in orphans)
+    assert not any(alive(pid) for pid in orphans)
     assert numbers(system.root) == [1] and not (system.root / ".snapshots/2").exists()
 
 
