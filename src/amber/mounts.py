@@ -36,6 +36,8 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+Mask = set[int | signal.Signals]  # a signal mask, as pthread_sigmask returns it
 STOP_GRACE = 5.0  # seconds between SIGTERM and SIGKILL when a command is stopped
 
 BASE_ENV = {
@@ -167,10 +169,17 @@ def run_in_chroot(
     sys.stdout.flush()
     sys.stderr.flush()
     amber = os.getpid()
-    pid = os.fork()
+    # The child starts with SIGINT and SIGTERM blocked: Python's after-fork hooks run first
+    # there, and must not be cut short; each side unblocks them once ready to act on them.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
     if pid == 0:
-        _supervisor(amber, command, mounts, resolv)  # never returns
-    return _wait_for_supervisor(pid, interactive)
+        _supervisor(amber, command, mounts, resolv, mask)  # never returns
+    return _wait_for_supervisor(pid, interactive, mask)
 
 
 # ---- the supervisor -------------------------------------------------------------------------
@@ -203,13 +212,14 @@ def _prctl(option: int, value: int) -> None:
 
 
 def _supervisor(amber: int, command: Command, mounts: Sequence[Mount],
-                resolv_conf: bytes | None) -> NoReturn:
+                resolv_conf: bytes | None, mask: Mask) -> NoReturn:
     status = 126
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is amber's to act on
         signal.signal(signal.SIGTERM, _raise_stop)
         _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != amber:  # amber died before the line above
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if os.getppid() != amber:  # amber died before the prctl
             raise _Stop
         _prctl(PR_SET_CHILD_SUBREAPER, 1)
         status = _supervise(command, mounts, resolv_conf)
@@ -233,21 +243,27 @@ def _supervise(command: Command, mounts: Sequence[Mount], resolv_conf: bytes | N
               flush=True)
         return 127
     supervisor = os.getpid()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     pid = os.fork()
     if pid == 0:
-        _exec(supervisor, program, command)  # never returns
-    if not command.interactive:
-        with contextlib.suppress(OSError):  # the child does the same; whoever is first
-            os.setpgid(pid, pid)
+        _exec(supervisor, program, command, mask)  # never returns
     try:
+        if not command.interactive:
+            with contextlib.suppress(OSError):  # the child does the same; whoever is first
+                os.setpgid(pid, pid)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         _, status = os.waitpid(pid, 0)
     except _Stop:
         return _stop(pid, command.interactive)
     return _exit_status(status)
 
 
-def _exec(supervisor: int, program: str, command: Command) -> NoReturn:
+def _exec(supervisor: int, program: str, command: Command,
+          mask: Mask) -> NoReturn:
     try:
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a stop requested meanwhile: ends here
         if not command.interactive:
             os.setpgid(0, 0)  # its own process group, so that stopping it stops everything
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -255,8 +271,6 @@ def _exec(supervisor: int, program: str, command: Command) -> NoReturn:
             os._exit(128 + signal.SIGKILL)
         os.chroot(command.chroot)
         os.chdir("/")
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_DFL)
         os.execve(program, list(command.argv), command.environment)
     except BaseException as e:
         print(f"amber: cannot run {command.argv[0]} in the snapshot: {e}", file=sys.stderr,
@@ -320,11 +334,12 @@ def _find_program(chroot: Path, name: str, search_path: str) -> str | None:
     return None
 
 
-def _wait_for_supervisor(pid: int, interactive: bool) -> int:
+def _wait_for_supervisor(pid: int, interactive: bool, mask: Mask) -> int:
     previous = signal.getsignal(signal.SIGINT)
-    if interactive:  # Ctrl-C belongs to the shell inside, not to amber
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        if interactive:  # Ctrl-C belongs to the shell inside, not to amber
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal held since the fork: here
         _, status = os.waitpid(pid, 0)
     except BaseException:
         from amber.signals import critical
