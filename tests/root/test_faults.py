@@ -128,7 +128,7 @@ def _cleanup(system: System, st: dict[str, Any], label: str) -> None:
 
 def _command(trial: int | str) -> list[str]:
     """What each trial runs: a change to /etc, and a process left in the background."""
-    return ["sh", "-c", f"echo {trial} > /etc/fault-trial; sleep 30 & sleep 0.1"]
+    return ["sh", "-c", f"echo {trial} > /etc/fault-trial; sleep 30 & sleep 0.25"]
 
 
 def _run_duration(system: System) -> float:
@@ -152,6 +152,8 @@ def _trials(system: System, sig: signal.Signals, seed: int) -> Counter[str]:
         proc = spawn(system.root, "run", "--continue", "-m", f"fault trial {trial}", "--",
                      *_command(trial))
         time.sleep(rng.uniform(0, duration * 1.2))
+        if processes_inside(system.snapshot(state.number)):
+            outcomes["signalled while the command ran"] += 1
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
         if "Traceback" in err:
@@ -178,9 +180,11 @@ def test_sigkill_at_random_moments(one_system: System) -> None:
     outcomes = _trials(one_system, signal.SIGKILL, SEED)
     if TRIALS >= 20:  # the delays do reach the phases that matter
         assert outcomes["unfinished"] and outcomes["committed"], outcomes
+        assert outcomes["signalled while the command ran"], outcomes
 
 
 def test_sigterm_at_random_moments(one_system: System) -> None:
     outcomes = _trials(one_system, signal.SIGTERM, SEED + 1)
     if TRIALS >= 20:
         assert outcomes["nothing"] and outcomes["committed"], outcomes
+        assert outcomes["signalled while the command ran"], outcomes
