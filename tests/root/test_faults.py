@@ -18,6 +18,7 @@ import os
 import random
 import re
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -155,7 +156,12 @@ def _trials(system: System, sig: signal.Signals, seed: int) -> Counter[str]:
         if processes_inside(system.snapshot(state.number)):
             outcomes["signalled while the command ran"] += 1
         proc.send_signal(sig)
-        _, err = proc.communicate(timeout=60)
+        try:  # whatever outlives amber keeps its stderr open
+            _, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail(f"{label}: 15 s after the signal, a process of the run still holds "
+                        "amber's output open", pytrace=False)
         if "Traceback" in err:
             pytest.fail(f"{label}: amber printed a traceback:\n{err}", pytrace=False)
         if sig == signal.SIGTERM:
