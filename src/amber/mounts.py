@@ -401,6 +401,14 @@ def _pids() -> list[int]:
 
 
 def children(parent: int) -> list[int]:
+    """The children of a single-threaded process: where the kernel lists them (one read), or
+    else (CONFIG_PROC_CHILDREN off, or a list that missed some) by a search of /proc."""
+    try:
+        listed = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        if listed:
+            return [int(pid) for pid in listed]
+    except OSError:
+        pass
     kids = []
     for pid in _pids():
         fields = _stat_fields(pid)

@@ -544,3 +544,14 @@ def test_full_disk_is_exit_7_and_leaves_nothing(tmp_path: Path) -> None:
         assert sorted(os.listdir(h.store)) in (before, sorted([*before, ".amber.lock"]))
     finally:
         next(made, None)
+
+
+def test_an_unreadable_lock_record_is_reported_and_cleared(handmade: Handmade) -> None:
+    h = handmade
+    h.make(2, read_only=False, userdata=IN_PROGRESS)
+    h.lock.write_bytes(b"\xff{not json")
+    st = json.loads(amber(h.root, "status", "--json").stdout)
+    assert st["interrupted"] == [] and any("unreadable" in w for w in st["warnings"])
+    result = amber(h.root, "unpin", "1")
+    assert "unreadable" in result.stderr and h.record() == ""
+    assert h.snapshot(2).is_dir()  # named by no record: left to cleanup's own rules
