@@ -239,7 +239,7 @@ def _read_info(path: Path) -> Snapshot | None:
         return None
     try:
         return parse_info(data.decode("utf-8", errors="replace"), str(path))
-    except AmberError:
+    except (AmberError, ValueError):
         return None
 
 
