@@ -512,22 +512,6 @@ class Store:
                     code=ExitCode.NO_SPACE)
             raise AmberError(f"cannot write {path}: {e.strerror}") from e
 
-    def allocate(self) -> int:
-        """Reserve the next number by creating its directory (callers hold the lock)."""
-        number = (max(self.numbers(), default=0)) + 1
-        while True:
-            try:
-                (self.dir / str(number)).mkdir()
-                return number
-            except FileExistsError:
-                number += 1
-            except OSError as e:
-                if e.errno == 28:
-                    die("cannot create a snapshot: no space left on the filesystem",
-                        hint="free space with 'amber cleanup' or 'amber delete N'",
-                        code=ExitCode.NO_SPACE)
-                raise
-
     def create(self, number: int, base: int, snapshot: Snapshot, *, read_only: bool) -> None:
         """Snapshot `base` into the reserved `number`; info.xml is written first."""
         self.write_info(snapshot.cleaned())

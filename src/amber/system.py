@@ -3,13 +3,15 @@ delete, cleanup."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from amber import log
+from amber.lock import assess, locked, read_lock_record
 from amber.log import ExitCode, die
 from amber.snapshots import PINNED_KEY, Ref, Snapshot, Store, shown, unicode_text
-from amber.transaction import locked, read_lock_record, read_state, set_default
+from amber.transaction import read_state, set_default
 
 
 def store(root: Path) -> Store:
@@ -29,6 +31,7 @@ class Status(NamedTuple):
     extra: dict[str, Any]
     # The live patch, active now, that is the only change from booted to default.
     covered_by_livepatch: str | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def reboot_needed(self) -> bool:
@@ -39,7 +42,8 @@ class Status(NamedTuple):
         return {"root": self.root, "booted": self.booted, "default": self.default,
                 "in_progress": self.in_progress, "interrupted": self.interrupted,
                 "reboot_needed": self.reboot_needed,
-                "reboot_avoided_by_livepatch": self.covered_by_livepatch, **self.extra}
+                "reboot_avoided_by_livepatch": self.covered_by_livepatch,
+                "warnings": list(self.warnings), **self.extra}
 
     def render(self) -> str:
         lines = [f"booted snapshot:   {self.booted}", f"default snapshot:  {self.default}"]
@@ -64,16 +68,57 @@ class Status(NamedTuple):
 
 
 def status(root: Path) -> Status:
+    """What boots now and next, and what is in progress. Reads only: an interrupted
+    transaction is reported, and removed by the next command that writes."""
     s = store(root)
-    held, record = read_lock_record(s)
-    number = record.get("snapshot")
-    running = [number] if held and isinstance(number, int) else []
-    interrupted = [number] if not held and isinstance(number, int) else []
-    if interrupted and _recover_if_possible(s) is not None:
-        interrupted = []
     booted, default = s.booted(), s.default()
+    held, record = read_lock_record(s)
+    running: list[int] = []
+    interrupted: list[int] = []
+    warnings = _layout_warnings(s, booted, default)
+    number = record.get("snapshot")
+    if held and type(number) is int:
+        running.append(number)
+    elif record and not held:
+        verdict = assess(s, record, booted, default)
+        if verdict.unfinished and verdict.number is not None:
+            interrupted.append(verdict.number)
+        elif verdict.number is None and verdict.why:
+            warnings.append(f"{verdict.why}; the next amber command clears it")
+        elif verdict.why:
+            warnings.append(f"the lock record of an interrupted transaction names snapshot "
+                            f"{verdict.number}; the next amber command keeps that snapshot "
+                            f"({verdict.why}) and clears the record")
+    for warning in warnings:
+        log.warn(warning)
     extra, covered = _livepatch_status(s, booted, default)
-    return Status(str(root), booted, default, running, interrupted, extra, covered)
+    return Status(str(root), booted, default, running, interrupted, extra, covered,
+                  tuple(warnings))
+
+
+def _layout_warnings(s: Store, booted: int | None, default: int | None) -> list[str]:
+    """What makes this root not the system amber expects, though it can still be read."""
+    from amber import btrfs
+
+    warnings = []
+    if not btrfs.is_subvolume(s.dir):
+        warnings.append(f"{s.dir} is a plain directory: the @/.snapshots subvolume is not "
+                        "mounted there, so the snapshots listed are not the system's")
+    if booted is None:
+        warnings.append(f"{s.root} is not mounted from a snapshot (it is subvolume "
+                        f"'{btrfs.subvolume_path(s.root) or '(top level)'}')")
+    if default is None:
+        subvolume = btrfs.default_subvolume(s.root)
+        path = btrfs.subvolume_path(s.root, subvolume) if subvolume != btrfs.TOP_LEVEL_ID else ""
+        warnings.append(f"the default subvolume is not a snapshot (it is "
+                        f"'{path or '(top level)'}'): the next boot does not start one; "
+                        "'amber rollback N' makes a snapshot the default")
+    elif not s.exists(default):
+        warnings.append(f"the default subvolume is snapshot {default}, which is not in {s.dir}")
+    elif not s.is_read_only(default):
+        warnings.append(f"the default snapshot {default} is writable, so the next boot may "
+                        "not start what it held when it became the default")
+    return warnings
 
 
 def _livepatch_status(s: Store, booted: int | None, default: int | None
@@ -96,16 +141,6 @@ def _livepatch_status(s: Store, booted: int | None, default: int | None
     return {"livepatch": {**seen.as_json(), "lines": seen.render(),
                           "drift": [{"warning": w, "resolve": r}
                                     for w, r in seen.warnings()]}}, covered
-
-
-def _recover_if_possible(s: Store) -> list[int] | None:
-    """A crashed transaction is cleaned up by the next amber command, status included, when it
-    can take the lock (root on a writable /.snapshots); otherwise it is only reported."""
-    try:
-        with locked(s, wait=False):
-            return []
-    except (log.AmberError, OSError):
-        return None
 
 
 # ---- listing -----------------------------------------------------------------------------------
@@ -254,13 +289,18 @@ def delete(root: Path, refs: list[Ref], *, wait: bool = False) -> None:
             log.info(f"deleted snapshot {n}")
 
 
-def cleanup_candidates(snapshots: list[Snapshot], keep: int, protected: set[int]) -> list[int]:
-    """Unfinished transactions, then everything beyond the newest `keep` that is not pinned
-    or protected (booted, default). A snapshot whose metadata is broken is never a candidate:
-    nothing proves it unfinished or unpinned."""
+def cleanup_candidates(snapshots: list[Snapshot], keep: int, protected: set[int],
+                       read_only: Collection[int] = ()) -> list[int]:
+    """Unfinished transactions (marked in progress and writable), then everything beyond the
+    newest `keep` that is not pinned or protected (booted, default). A snapshot whose metadata
+    is broken is never a candidate: nothing proves it unfinished or unpinned."""
     snapshots = [s for s in snapshots if not s.broken]
-    doomed = [s.number for s in snapshots if s.in_progress and s.number not in protected]
-    finished = [s for s in snapshots if not s.in_progress]
+
+    def unfinished(s: Snapshot) -> bool:
+        return s.in_progress and s.number not in read_only and not s.pinned
+
+    doomed = [s.number for s in snapshots if unfinished(s) and s.number not in protected]
+    finished = [s for s in snapshots if not unfinished(s)]
     newest = {s.number for s in sorted(finished, key=lambda s: s.number)[-keep:]}
     doomed += [s.number for s in finished
                if s.number not in newest and s.number not in protected and not s.pinned]
@@ -288,15 +328,17 @@ def cleanup(root: Path, *, keep: int | None = None, wait: bool = False) -> list[
         keep = config.load(root).snapshots.keep
     if keep < 1:
         die("--keep must be at least 1", code=ExitCode.USAGE)
-    with locked(s, wait):
+    with locked(s, wait) as lock:
         protected = {n for n in (s.booted(), s.default()) if n is not None}
         snapshots = s.list()
         for snapshot in snapshots:
             if snapshot.broken:
                 _warn_broken(s, snapshot)
-        doomed = cleanup_candidates(snapshots, keep, protected)
+        read_only = {n for n, flag in s.read_only_flags().items() if flag}
+        doomed = cleanup_candidates(snapshots, keep, protected, read_only)
         for n in doomed:
             s.delete(n)
+        doomed = sorted([*lock.recovered, *doomed])
         # Directories without a snapshot are leftovers of a crash before the snapshot existed.
         for n in s.numbers():
             if n not in protected and _is_leftover(s, n):

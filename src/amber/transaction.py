@@ -2,13 +2,14 @@
 
 Setting the default subvolume is the single step that commits a transaction. Until then the
 new snapshot is only a candidate: any failure, exception or signal deletes it, and a SIGKILL or
-power cut leaves at worst an unfinished snapshot that the next amber command removes (the lock
-file records which one was in progress).
+power cut leaves at worst an unfinished snapshot that the next amber write command removes (the
+lock file records which one was in progress; see lock.py). The steps that must not be cut in half
+(reserving the number, committing, aborting) hold SIGINT and SIGTERM until they are done.
 """
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import json
 import os
 import time
@@ -18,10 +19,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from amber import btrfs, log
+from amber.lock import NO_SPACE_HINT, Lock
+from amber.lock import locked as locked  # the lock of a root, for the other write commands
 from amber.log import AmberError, ExitCode, die
+from amber.signals import critical
 from amber.snapshots import IN_PROGRESS_KEY, Snapshot, Store, clean_text, now_utc
 
-LOCK_NAME = ".amber.lock"
 STATE_NAME = ".amber-state.json"
 
 
@@ -50,106 +53,6 @@ class Result(NamedTuple):
                 f"(based on {self.base}); reboot to use it, 'amber rollback' to undo")
 
 
-# ---- the lock --------------------------------------------------------------------------------
-
-class Lock:
-    """An flock on <root>/.snapshots/.amber.lock; the file records the snapshot in progress, so
-    that a crashed transaction can be recognized (lock free, record present)."""
-
-    def __init__(self, store: Store, fd: int):
-        self.store = store
-        self.fd = fd
-
-    def record(self) -> dict[str, Any]:
-        os.lseek(self.fd, 0, os.SEEK_SET)
-        data = os.read(self.fd, 4096)
-        try:
-            value = json.loads(data) if data.strip() else {}
-        except ValueError:
-            return {}
-        return value if isinstance(value, dict) else {}
-
-    def write(self, **record: Any) -> None:
-        data = json.dumps(record).encode()
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, data, 0)
-        os.fsync(self.fd)
-
-    def clear(self) -> None:
-        os.ftruncate(self.fd, 0)
-        os.fsync(self.fd)
-
-
-def lock_path(store: Store) -> Path:
-    return store.dir / LOCK_NAME
-
-
-def read_lock_record(store: Store) -> tuple[bool, dict[str, Any]]:
-    """(held by a live process, record) without taking the lock."""
-    try:
-        fd = os.open(lock_path(store), os.O_RDONLY)
-    except FileNotFoundError:
-        return False, {}
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            held = False
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        except BlockingIOError:
-            held = True
-        data = os.read(fd, 4096)
-    finally:
-        os.close(fd)
-    try:
-        record = json.loads(data) if data.strip() else {}
-    except ValueError:
-        record = {}
-    return held, record if isinstance(record, dict) else {}
-
-
-@contextmanager
-def locked(store: Store, wait: bool = False) -> Iterator[Lock]:
-    try:
-        fd = os.open(lock_path(store), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        die(f"cannot open the lock {lock_path(store)}: {e.strerror}",
-            hint="run amber as root on a writable /.snapshots", code=ExitCode.ENVIRONMENT)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock = Lock(store, fd)
-            owner = lock.record()
-            who = f"pid {owner.get('pid')}" if owner.get("pid") else "another process"
-            what = f", snapshot {owner['snapshot']}" if owner.get("snapshot") else ""
-            if not wait:
-                die(f"another amber transaction ({who}{what}) is running on {store.root}",
-                    hint="wait for it to finish, or pass --wait", code=ExitCode.LOCKED)
-            log.info(f"waiting for another amber transaction ({who}{what}) to finish…")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        lock = Lock(store, fd)
-        recover(lock)
-        yield lock
-    finally:
-        os.close(fd)
-
-
-def recover(lock: Lock) -> None:
-    """Remove what a crashed transaction left: its snapshot unless it became the default."""
-    record = lock.record()
-    number = record.get("snapshot")
-    if not isinstance(number, int):
-        return
-    store = lock.store
-    if store.default() == number:
-        lock.clear()  # it committed; only the bookkeeping after set-default was lost
-        return
-    log.warn(f"removing snapshot {number}, left unfinished by an interrupted transaction "
-             f"(pid {record.get('pid')})")
-    store.delete(number)
-    lock.clear()
-
-
 # ---- state kept next to the snapshots ----------------------------------------------------------
 
 def read_state(store: Store) -> dict[str, Any]:
@@ -165,26 +68,41 @@ def write_state(store: Store, **changes: Any) -> None:
     state.update(changes)
     path = store.dir / STATE_NAME
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(state))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            die(f"cannot write {path}: no space left on the filesystem", hint=NO_SPACE_HINT,
+                code=ExitCode.NO_SPACE)
+        die(f"cannot write {path}: {e.strerror}", hint="check the filesystem of /.snapshots",
+            code=ExitCode.ENVIRONMENT)
 
 
 def set_default(store: Store, number: int) -> None:
-    """Make `number` the next boot's default, remembering the previous one for 'rollback last'."""
+    """Make `number` the next boot's default, remembering the previous one for 'rollback last'.
+    Once begun, a signal cannot stop it half-way."""
     previous = store.default()
     if previous is not None and previous != number:
         write_state(store, previous_default=previous)
-    btrfs.sync(store.dir)
-    store.set_default(number)
-    btrfs.sync(store.dir)
+    with critical():
+        btrfs.sync(store.dir)
+        store.set_default(number)
+        btrfs.sync(store.dir)
 
 
 def checkpoint(name: str) -> None:
-    """Crash tests stop amber here with SIGKILL, as a power cut would (AMBER_TEST_CRASH_AT)."""
-    if os.environ.get("AMBER_TEST_CRASH_AT") == name:
+    """Crash tests stop amber here with SIGKILL, as a power cut would (AMBER_TEST_CRASH_AT=name),
+    or send it another signal (AMBER_TEST_CRASH_AT=name:SIGTERM)."""
+    where, _, signal_name = os.environ.get("AMBER_TEST_CRASH_AT", "").partition(":")
+    if where == name:
         import signal
 
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.Signals[signal_name or "SIGKILL"])
 
 
 # ---- a transaction -----------------------------------------------------------------------------
@@ -301,12 +219,15 @@ def execute(options: Options, steps: Steps, description: str) -> Result:
         booted, default = store.booted(), store.default()
         base = resolve_base(store, options.base, booted, default)
         _warn_pending(base, booted, default, explicit=options.base is not None)
-        number = store.allocate()
-        lock.write(pid=os.getpid(), snapshot=number, base=base, started=time.time())
-        checkpoint("allocated")
         text = clean_text(options.description or description)  # as info.xml will carry it
-        log.step(f"snapshot {base} → {number}: {text}")
+        number: int | None = None
         try:
+            with critical() as signals:
+                number = reserve(store, lock, base)
+            if signals:
+                raise KeyboardInterrupt
+            checkpoint("allocated")
+            log.step(f"snapshot {base} → {number}: {text}")
             store.create(number, base, Snapshot(
                 number=number, date=now_utc(), description=text, cleanup="number",
                 userdata={IN_PROGRESS_KEY: "yes", "base": str(base)},
@@ -317,33 +238,79 @@ def execute(options: Options, steps: Steps, description: str) -> Result:
             steps(chroot)
             if options.drop_if_no_change and _generation(chroot.path) == before:
                 log.step(f"nothing changed: dropping snapshot {number}")
-                store.delete(number)
-                lock.clear()
+                with critical():
+                    store.delete(number)
+                    lock.clear()
                 return Result(None, base, text, dropped=True)
             checkpoint("changed")
-            close(store, number)
+            with critical() as signals:
+                close(store, number)
+                lock.clear()
+            if signals:
+                log.warn(f"interrupted while committing snapshot {number}; the commit was "
+                         "already under way and completed")
         except BaseException as e:
-            reason = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-            log.step(f"transaction {reason}: deleting snapshot {number}; the default is unchanged")
-            abort(store, number)
-            lock.clear()
+            with critical():
+                if number is not None:
+                    reason = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+                    log.step(f"transaction {reason}: deleting snapshot {number}; the default "
+                             "is unchanged")
+                    abort(store, number)
+                _clear_quietly(lock)
             raise
-        lock.clear()
         return Result(number, base, text)
 
 
+def reserve(store: Store, lock: Lock, base: int) -> int:
+    """The next snapshot number: recorded in the lock first, then its directory created, so
+    that a crash at any point leaves nothing the record does not name."""
+    number = max(store.numbers(), default=0) + 1
+    while True:
+        lock.write(snapshot=number, base=base, started=time.time())
+        try:
+            (store.dir / str(number)).mkdir()
+            return number
+        except FileExistsError:
+            number += 1
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                die("cannot create a snapshot: no space left on the filesystem",
+                    hint=NO_SPACE_HINT, code=ExitCode.NO_SPACE)
+            die(f"cannot create {store.dir / str(number)}: {e.strerror}",
+                hint="check the filesystem of /.snapshots", code=ExitCode.ENVIRONMENT)
+
+
+def _clear_quietly(lock: Lock) -> None:
+    """Clear the record on the way out of a failure, which it must not hide."""
+    try:
+        lock.clear()
+    except AmberError as e:
+        log.warn(e.message, hint="the next amber command clears it")
+
+
 def close(store: Store, number: int) -> None:
+    """Read-only first, then the mark off, then the default: a crash before the default leaves
+    either an unfinished snapshot (writable, marked) that recovery removes, or a complete one."""
     log.step(f"closing snapshot {number}: read-only, default for the next boot")
-    store.update(number, {IN_PROGRESS_KEY: None})
-    checkpoint("finished")
     store.set_read_only(number, True)
     checkpoint("read-only")
+    store.update(number, {IN_PROGRESS_KEY: None})
+    checkpoint("finished")
     set_default(store, number)
     checkpoint("default")
 
 
 def abort(store: Store, number: int) -> None:
+    from amber import mounts
+
     try:
+        if store.default() == number:  # the commit got through before the failure
+            log.warn(f"snapshot {number} is the default already: it was committed, so it stays")
+            return
+        # Nothing may go on running in it (should the command's supervisor have been killed).
+        left = mounts.kill_processes_inside(store.path(number))
+        if left:
+            log.warn(f"processes {', '.join(map(str, left))} still run in snapshot {number}")
         store.delete(number)
     except AmberError as e:
         log.warn(f"could not delete snapshot {number}: {e.message}",

@@ -204,8 +204,11 @@ def test_power_cut_during_apply(story_vm: VM, files: dict[str, str]) -> None:
         assert time.monotonic() < deadline, vm.exec(["cat", "/var/log/apply.log"]).out
         time.sleep(2)
     vm.powercut()
-    status = amber_status(vm)  # recovers the interrupted transaction
+    status = amber_status(vm)  # reports the interrupted transaction, deletes nothing
     assert (status["booted"], status["default"]) == (default, default)
+    assert status["interrupted"] == [max(before) + 1]
+    removed = json.loads(vm.exec(["amber", "cleanup", "--keep", "1000", "--json"]).out)
+    assert removed == {"removed": status["interrupted"]}
     assert MARKER not in cmdline(vm) and not loaded(vm, "amber_lp_v1")
     assert snapshots(vm) == before
     assert livepatch_view(vm).get("drift") == []
