@@ -95,16 +95,6 @@ def set_default(store: Store, number: int) -> None:
         btrfs.sync(store.dir)
 
 
-def checkpoint(name: str) -> None:
-    """Crash tests stop amber here with SIGKILL, as a power cut would (AMBER_TEST_CRASH_AT=name),
-    or send it another signal (AMBER_TEST_CRASH_AT=name:SIGTERM)."""
-    where, _, signal_name = os.environ.get("AMBER_TEST_CRASH_AT", "").partition(":")
-    if where == name:
-        import signal
-
-        os.kill(os.getpid(), signal.Signals[signal_name or "SIGKILL"])
-
-
 # ---- a transaction -----------------------------------------------------------------------------
 
 class Chroot:
@@ -226,14 +216,12 @@ def execute(options: Options, steps: Steps, description: str) -> Result:
                 number = reserve(store, lock, base)
             if signals:
                 raise KeyboardInterrupt
-            checkpoint("allocated")
             log.step(f"snapshot {base} → {number}: {text}")
             store.create(number, base, Snapshot(
                 number=number, date=now_utc(), description=text, cleanup="number",
                 userdata={IN_PROGRESS_KEY: "yes", "base": str(base)},
             ), read_only=False)
             chroot = Chroot(store, number, base)
-            checkpoint("created")
             before = _generation(chroot.path) if options.drop_if_no_change else 0
             steps(chroot)
             if options.drop_if_no_change and _generation(chroot.path) == before:
@@ -242,7 +230,6 @@ def execute(options: Options, steps: Steps, description: str) -> Result:
                     store.delete(number)
                     lock.clear()
                 return Result(None, base, text, dropped=True)
-            checkpoint("changed")
             with critical() as signals:
                 close(store, number)
                 lock.clear()
@@ -293,11 +280,8 @@ def close(store: Store, number: int) -> None:
     either an unfinished snapshot (writable, marked) that recovery removes, or a complete one."""
     log.step(f"closing snapshot {number}: read-only, default for the next boot")
     store.set_read_only(number, True)
-    checkpoint("read-only")
     store.update(number, {IN_PROGRESS_KEY: None})
-    checkpoint("finished")
     set_default(store, number)
-    checkpoint("default")
 
 
 def abort(store: Store, number: int) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 AMBER = [sys.executable, "-m", "amber.cli"]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def amber(root: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
@@ -20,6 +21,12 @@ def amber(root: Path, *args: str, check: bool = True, env: dict[str, str] | None
         raise AssertionError(f"amber {' '.join(args)} exited {result.returncode}:\n"
                              f"{result.stdout}\n{result.stderr}")
     return result
+
+
+def crashing(root: Path, point: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """amber stopped at a point of its transaction by a signal (testing/crash.py)."""
+    return subprocess.run([sys.executable, "-m", "testing.crash", point, "--root", str(root),
+                           *args], capture_output=True, text=True, timeout=300, cwd=REPO)
 
 
 def amber_json(root: Path, *args: str) -> Any:

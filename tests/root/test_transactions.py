@@ -33,6 +33,7 @@ from tests.root.conftest import System
 from tests.root.helpers import (
     AMBER,
     amber,
+    crashing,
     dpkg_installed,
     mounts_under,
     numbers,
@@ -120,8 +121,7 @@ def test_signal_rolls_back(system: System, sig: signal.Signals) -> None:
 
 @pytest.mark.parametrize("phase", ["allocated", "created", "changed", "read-only", "finished"])
 def test_sigkill_before_commit_leaves_old_default(system: System, phase: str) -> None:
-    result = amber(system.root, "run", "--", "touch", "/etc/x", check=False,
-                   env={"AMBER_TEST_CRASH_AT": phase})
+    result = crashing(system.root, phase, "run", "--", "touch", "/etc/x")
     assert result.returncode == -signal.SIGKILL
     assert btrfs.default_subvolume(system.root) == btrfs.subvolume_id(system.snapshot(1))
     unfinished = phase in ("allocated", "created", "changed")
@@ -142,8 +142,7 @@ def test_sigkill_before_commit_leaves_old_default(system: System, phase: str) ->
 
 @pytest.mark.parametrize("phase", ["allocated", "created", "changed"])
 def test_sigterm_before_commit_leaves_nothing(system: System, phase: str) -> None:
-    result = amber(system.root, "run", "--", "touch", "/etc/x", check=False,
-                   env={"AMBER_TEST_CRASH_AT": f"{phase}:SIGTERM"})
+    result = crashing(system.root, f"{phase}:SIGTERM", "run", "--", "touch", "/etc/x")
     assert result.returncode == 130, result.stderr
     assert "nothing was changed" in result.stderr
     assert sorted(os.listdir(system.root / ".snapshots")) == [".amber.lock", "1"]
@@ -154,8 +153,7 @@ def test_sigterm_before_commit_leaves_nothing(system: System, phase: str) -> Non
 
 @pytest.mark.parametrize("phase", ["read-only", "finished"])
 def test_sigterm_during_commit_completes_it(system: System, phase: str) -> None:
-    result = amber(system.root, "run", "--", "touch", "/etc/x", check=False,
-                   env={"AMBER_TEST_CRASH_AT": f"{phase}:SIGTERM"})
+    result = crashing(system.root, f"{phase}:SIGTERM", "run", "--", "touch", "/etc/x")
     assert result.returncode == 0, result.stderr
     assert "interrupted while committing snapshot 2" in result.stderr
     assert status(system.root)["default"] == 2 and btrfs.is_read_only(system.snapshot(2))
@@ -202,8 +200,7 @@ def test_recovery_stops_what_outlived_amber_and_its_supervisor(system: System) -
 
 
 def test_sigkill_after_commit_keeps_new_default(system: System) -> None:
-    result = amber(system.root, "run", "--", "touch", "/etc/x", check=False,
-                   env={"AMBER_TEST_CRASH_AT": "default"})
+    result = crashing(system.root, "default", "run", "--", "touch", "/etc/x")
     assert result.returncode == -signal.SIGKILL
     st = status(system.root)
     assert st["default"] == 2
