@@ -55,7 +55,7 @@ def install(point: str, sig: signal.Signals) -> None:
     elif point == "created":
         _after(snapshots.Store, "create", always, stop)
     elif point == "changed":
-        _after(transaction.Chroot, "run", always, stop)
+        _after(transaction.WorkingSnapshot, "run", always, stop)
     elif point == "read-only":
         _after(snapshots.Store, "set_read_only",
                lambda store, number, read_only: read_only, stop)

@@ -53,11 +53,11 @@ class Lock:
 
     def write(self, **record: Any) -> None:
         """Record the transaction in progress (with the process that runs it)."""
-        from amber import mounts
+        from amber import chroot
 
         pid = os.getpid()
-        data = json.dumps({"pid": pid, "start": mounts.start_time(pid),
-                           "boot": mounts.boot_id(), **record}).encode()
+        data = json.dumps({"pid": pid, "start": chroot.start_time(pid),
+                           "boot": chroot.boot_id(), **record}).encode()
         try:
             os.pwrite(self.fd, data, 0)
             os.ftruncate(self.fd, len(data))
@@ -206,15 +206,15 @@ class Verdict(NamedTuple):
 
 def owner_alive(record: dict[str, Any]) -> bool:
     """Whether the process that wrote the record still runs (same pid, start time and boot)."""
-    from amber import mounts
+    from amber import chroot
 
     pid = record.get("pid")
     if type(pid) is not int or pid <= 0:
         return False
     boot = record.get("boot")
-    if isinstance(boot, str) and boot and boot != mounts.boot_id():
+    if isinstance(boot, str) and boot and boot != chroot.boot_id():
         return False
-    started = mounts.start_time(pid)
+    started = chroot.start_time(pid)
     if started is None:
         return False
     recorded = record.get("start")
@@ -311,10 +311,10 @@ def recover(lock: Lock) -> None:
 
 
 def _remove_unfinished(lock: Lock, number: int, record: dict[str, Any]) -> None:
-    from amber import mounts
+    from amber import chroot
 
     store = lock.store
-    left = mounts.kill_processes_inside(store.path(number))
+    left = chroot.kill_processes_inside(store.path(number))
     if left:
         die(f"processes of an interrupted transaction still run in snapshot {number}: "
             f"{', '.join(map(str, left))}", hint="stop them, then run the command again",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -64,23 +63,11 @@ def read_state(store: Store) -> dict[str, Any]:
 
 
 def write_state(store: Store, **changes: Any) -> None:
+    from amber.state import atomic_write
+
     state = read_state(store)
     state.update(changes)
-    path = store.dir / STATE_NAME
-    tmp = path.with_suffix(".tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(json.dumps(state))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC:
-            die(f"cannot write {path}: no space left on the filesystem", hint=NO_SPACE_HINT,
-                code=ExitCode.NO_SPACE)
-        die(f"cannot write {path}: {e.strerror}", hint="check the filesystem of /.snapshots",
-            code=ExitCode.ENVIRONMENT)
+    atomic_write(store.dir / STATE_NAME, json.dumps(state))
 
 
 def set_default(store: Store, number: int) -> None:
@@ -97,8 +84,9 @@ def set_default(store: Store, number: int) -> None:
 
 # ---- a transaction -----------------------------------------------------------------------------
 
-class Chroot:
-    """What the steps of a transaction work with."""
+class WorkingSnapshot:
+    """The new snapshot while its transaction runs: what the steps work with (commands in its
+    chroot, the package manager, host files made visible inside)."""
 
     def __init__(self, store: Store, number: int, base: int):
         self.store = store
@@ -117,9 +105,9 @@ class Chroot:
     def run(self, argv: Sequence[str], *, step: str, interactive: bool = False,
             env: dict[str, str] | None = None, check: bool = True,
             success: Collection[int] = (0,)) -> int:
-        from amber import mounts
+        from amber import chroot
 
-        status = mounts.run_in_chroot(self.path, self.root, argv, env=env,
+        status = chroot.run_in_chroot(self.path, self.root, argv, env=env,
                                       interactive=interactive, binds=self.binds)
         if status not in success and check:
             import shlex
@@ -199,7 +187,7 @@ def _generation(path: Path) -> int:
     return btrfs.generation(path)
 
 
-Steps = Callable[[Chroot], None]
+Steps = Callable[[WorkingSnapshot], None]
 
 
 def execute(options: Options, steps: Steps, description: str) -> Result:
@@ -221,7 +209,7 @@ def execute(options: Options, steps: Steps, description: str) -> Result:
                 number=number, date=now_utc(), description=text, cleanup="number",
                 userdata={IN_PROGRESS_KEY: "yes", "base": str(base)},
             ), read_only=False)
-            chroot = Chroot(store, number, base)
+            chroot = WorkingSnapshot(store, number, base)
             before = _generation(chroot.path) if options.drop_if_no_change else 0
             steps(chroot)
             if options.drop_if_no_change and _generation(chroot.path) == before:
@@ -285,14 +273,14 @@ def close(store: Store, number: int) -> None:
 
 
 def abort(store: Store, number: int) -> None:
-    from amber import mounts
+    from amber import chroot
 
     try:
         if store.default() == number:  # the commit got through before the failure
             log.warn(f"snapshot {number} is the default already: it was committed, so it stays")
             return
         # Nothing may go on running in it (should the command's supervisor have been killed).
-        left = mounts.kill_processes_inside(store.path(number))
+        left = chroot.kill_processes_inside(store.path(number))
         if left:
             log.warn(f"processes {', '.join(map(str, left))} still run in snapshot {number}")
         store.delete(number)
@@ -301,12 +289,23 @@ def abort(store: Store, number: int) -> None:
                  hint="'amber cleanup' removes it later")
 
 
+def withdraw(store: Store, number: int, default_before: int | None,
+             previous_default: int | None) -> None:
+    """Undo a commit (a live patch that would not load): default_before is the default again,
+    with the same sync order as a commit, and snapshot `number` is deleted."""
+    with locked(store, wait=True), critical():
+        if default_before is not None and store.exists(default_before):
+            set_default(store, default_before)
+        write_state(store, previous_default=previous_default)
+        abort(store, number)
+
+
 # ---- the changes a transaction can make ---------------------------------------------------------
 
 def run_command(options: Options, command: Sequence[str]) -> Result:
     from shlex import join as command_line
 
-    def steps(chroot: Chroot) -> None:
+    def steps(chroot: WorkingSnapshot) -> None:
         log.step(f"running {command_line(command)}")
         chroot.run(command, step="the command")
 
@@ -314,7 +313,7 @@ def run_command(options: Options, command: Sequence[str]) -> Result:
 
 
 def run_shell(options: Options) -> Result:
-    def steps(chroot: Chroot) -> None:
+    def steps(chroot: WorkingSnapshot) -> None:
         log.info(f"Shell in snapshot {chroot.number}. Exit with status 0 to keep the changes, "
                  "with any other status ('exit 1') to discard them.")
         shell = "/bin/bash" if (chroot.path / "bin/bash").exists() else "/bin/sh"
@@ -332,7 +331,7 @@ def run_packages(options: Options, action: str, names: Sequence[str]) -> Result:
         if not f.is_file():
             die(f"package file {f} does not exist", code=ExitCode.NOT_FOUND)
 
-    def steps(chroot: Chroot) -> None:
+    def steps(chroot: WorkingSnapshot) -> None:
         with chroot.host_files(files) as inside:
             mapping = dict(zip([str(f) for f in files], inside, strict=True))
             arguments = [mapping.get(n, n) for n in names]
@@ -346,7 +345,7 @@ def run_packages(options: Options, action: str, names: Sequence[str]) -> Result:
 def run_initrd(options: Options) -> Result:
     from amber.boot import initrd
 
-    def steps(chroot: Chroot) -> None:
+    def steps(chroot: WorkingSnapshot) -> None:
         for argv in initrd.commands(chroot.path):
             log.step(f"regenerating the initrd: {' '.join(argv)}")
             chroot.run(argv, step="initrd regeneration")

@@ -40,7 +40,7 @@ def test_usage_error_exit_code() -> None:
 
 def test_status_imports_no_heavy_modules() -> None:
     code = ("import sys, amber.cli as c; p = c.build_parser(); "
-            "heavy = [m for m in ('amber.transaction', 'amber.mounts', 'ctypes', "
+            "heavy = [m for m in ('amber.transaction', 'amber.chroot', 'ctypes', "
             "'xml.etree.ElementTree', 'amber.livepatch.kernel', 'amber.image', "
             "'subprocess') if m in sys.modules]; print(heavy)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

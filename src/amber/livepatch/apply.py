@@ -134,7 +134,7 @@ def install_steps(plan: Plan, timings: dict[str, float]) -> transaction.Steps:
     release = plan.next_release or plan.running
     name = plan.module.name
 
-    def steps(chroot: transaction.Chroot) -> None:
+    def steps(chroot: transaction.WorkingSnapshot) -> None:
         started = time.monotonic()
         snapshot = chroot.path
         generator = initrd.generator(snapshot)  # no generator: refuse before changing anything
@@ -164,7 +164,7 @@ def install_steps(plan: Plan, timings: dict[str, float]) -> transaction.Steps:
     return steps
 
 
-def install_sources(chroot: transaction.Chroot, plan: Plan, release: str) -> None:
+def install_sources(chroot: transaction.WorkingSnapshot, plan: Plan, release: str) -> None:
     package_files = [s.file for s in plan.sources if s.kind != "module"]
     if package_files:
         with chroot.host_files(package_files) as inside:
@@ -202,20 +202,6 @@ class Outcome:
                 "base": self.base, "default": self.snapshot, "active": self.loaded,
                 "replaced": list(self.replaced), "timings": self.timings,
                 "warnings": list(self.warnings)}
-
-
-def withdraw(root: Path, number: int, state_before: dict[str, Any], default_before: int | None
-             ) -> None:
-    """Undo a committed apply: the previous default back, the new snapshot gone."""
-    store = Store(root)
-    with transaction.locked(store, wait=True):
-        if default_before is not None and store.exists(default_before):
-            from amber import btrfs
-
-            store.set_default(default_before)
-            btrfs.sync(root)
-        transaction.write_state(store, previous_default=state_before.get("previous_default"))
-        store.delete(number)
 
 
 def waiting(timeout: float | None, settings: config.LivepatchConfig) -> kernel.Waiting:
@@ -283,7 +269,8 @@ def apply(root: Path, arguments: Sequence[str], *, mode: Mode = Mode.NOW, keep: 
                 log.warn(f"snapshot {result.number} stays the default (--keep): the next boot "
                          f"loads {name}, but the running kernel is not patched")
                 raise
-            withdraw(root, result.number, state_before, default_before)
+            transaction.withdraw(store, result.number, default_before,
+                                 state_before.get("previous_default"))
             e.hint = ((e.hint + "; ") if e.hint else "") + (
                 f"snapshot {result.number} was withdrawn, the default is "
                 f"{default_before} again")
