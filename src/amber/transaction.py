@@ -9,7 +9,6 @@ file records which one was in progress).
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -63,13 +62,19 @@ class Lock:
     def record(self) -> dict[str, Any]:
         os.lseek(self.fd, 0, os.SEEK_SET)
         data = os.read(self.fd, 4096)
+        if not data.strip():
+            return {}
+        import json  # here, not at import: `amber status` seldom needs it (start-up time)
+
         try:
-            value = json.loads(data) if data.strip() else {}
+            value = json.loads(data)
         except ValueError:
             return {}
         return value if isinstance(value, dict) else {}
 
     def write(self, **record: Any) -> None:
+        import json
+
         data = json.dumps(record).encode()
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, data, 0)
@@ -100,8 +105,12 @@ def read_lock_record(store: Store) -> tuple[bool, dict[str, Any]]:
         data = os.read(fd, 4096)
     finally:
         os.close(fd)
+    if not data.strip():
+        return held, {}
+    import json
+
     try:
-        record = json.loads(data) if data.strip() else {}
+        record = json.loads(data)
     except ValueError:
         record = {}
     return held, record if isinstance(record, dict) else {}
@@ -154,8 +163,14 @@ def recover(lock: Lock) -> None:
 
 def read_state(store: Store) -> dict[str, Any]:
     try:
-        value = json.loads((store.dir / STATE_NAME).read_text())
+        text = (store.dir / STATE_NAME).read_text()
     except (OSError, ValueError):
+        return {}
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
 
@@ -165,6 +180,8 @@ def write_state(store: Store, **changes: Any) -> None:
     state.update(changes)
     path = store.dir / STATE_NAME
     tmp = path.with_suffix(".tmp")
+    import json
+
     tmp.write_text(json.dumps(state))
     os.replace(tmp, path)
 
