@@ -1,6 +1,6 @@
 """Benchmark of amber's transactional core against its floors, side by side in one run.
 
-    sudo python3 bench/core.py [--runs N] [--warmup N] [--cleanup-runs N] [--json]
+    sudo python3 bench/core.py [--runs N] [--warmup N] [--cleanup-runs N] [--site] [--json]
 
 Sets up two system roots on loop-mounted copies of the root tests' pristine Debian image (one
 with 10 snapshots, one with 1,000), runs every measurement as a whole process, interleaved in a
@@ -12,6 +12,9 @@ shuffled order so that drift hits all sides alike, and prints the median of each
 3. `amber snapshots --json` (1,000) against `btrfs subvolume list`; `amber cleanup --keep 10` of
    1,000 snapshots against deleting the same snapshots from a bare Python process. Target < 1 s.
 4. `amber status` against `python3 -c 'import btrfsutil'`. Target ≤ 2×.
+
+Every Python process starts clean by default: `python3 -I -S`, sys.path given explicitly (see
+Interpreter); `--site` starts them as on this host instead. The output says which.
 
 Between runs, outside the timed part, the new snapshot is deleted with btrfsutil, the default
 is put back and the btrfs cleaner is waited for. Everything mounted or attached is released on
@@ -47,6 +50,7 @@ AMBER = Path(sys.executable).parent / "amber"
 SMALL = 10
 LARGE = 1000
 KEEP = 10
+FLOOR_PATH = "AMBER_BENCH_PATH"  # sys.path for floor.py under -I, which ignores PYTHONPATH
 DEFAULT_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 
 
@@ -56,27 +60,54 @@ class BenchError(Exception):
 
 @dataclass
 class Interpreter:
-    """How the measured Python processes start. By default as a user starts them: amber's
-    console script executed directly, the floors with the same interpreter. Bytecode is
-    cached in a private directory, so that a PYTHONDONTWRITEBYTECODE environment does not make
-    every run compile amber from source (an installed amber has its .pyc files).
-    With `no_site`, every process runs with -S and gets sys.path through PYTHONPATH, so that
-    start-up hooks in the host's .pth files (not amber's) stay out of the figures."""
+    """How the measured Python processes start.
 
-    no_site: bool = False
+    By default (`clean`) every process runs as `python3 -I -S`: isolated (no PYTHONPATH, no
+    user site-packages, no PYTHON* variables) and without the site module, so that no start-up
+    hook of the host (.pth files, sitecustomize, usercustomize) lands in the figures. sys.path
+    is then given explicitly: amber through a launcher in the work directory that puts this
+    checkout's src and btrfsutil's directory first (what tools/launcher.py does), the floors and
+    `import btrfsutil` through the same two directories. With `site`, the processes start as a
+    user starts them on this host: amber's console script next to the interpreter, the floors
+    with the same interpreter, site hooks included.
+    Bytecode is cached in a private directory (`-X pycache_prefix`), so that an environment
+    with PYTHONDONTWRITEBYTECODE does not make every run compile amber from source."""
+
+    site: bool = False
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    flags: list[str] = field(default_factory=list)
+    path: list[str] = field(default_factory=list)
+    launcher: Path = AMBER
 
-    def setup(self, pycache: Path) -> None:
+    def setup(self, workdir: Path) -> None:
+        pycache = workdir / "pycache"
         self.env.pop("PYTHONDONTWRITEBYTECODE", None)
         self.env["PYTHONPYCACHEPREFIX"] = str(pycache)
-        if self.no_site:
-            self.env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path[1:] if p)
+        if self.site:
+            return
+        self.flags = ["-I", "-S", "-X", f"pycache_prefix={pycache}"]
+        self.path = [str(REPO / "src"), str(Path(btrfsutil.__file__).parent)]
+        self.env[FLOOR_PATH] = os.pathsep.join(self.path)
+        self.launcher = workdir / "amber"
+        self.launcher.write_text(f"import sys\nsys.path[:0] = {self.path!r}\n"
+                                 "from amber.cli import entry\n\nentry()\n")
+
+    def describe(self) -> str:
+        if self.site:
+            return f"as on this host: {AMBER} and {sys.executable}, site hooks included"
+        return (f"clean: {sys.executable} -I -S (no site module, no start-up hooks), "
+                f"sys.path = {self.path} + the standard library")
 
     def python(self, *args: str) -> list[str]:
-        return [sys.executable, *(["-S"] if self.no_site else []), *args]
+        return [sys.executable, *self.flags, *args]
+
+    def import_btrfsutil(self) -> list[str]:
+        if self.site:
+            return self.python("-c", "import btrfsutil")
+        return self.python("-c", f"import sys; sys.path[:0] = {self.path!r}; import btrfsutil")
 
     def amber(self, *args: str) -> list[str]:
-        return self.python(str(AMBER), *args) if self.no_site else [str(AMBER), *args]
+        return [str(AMBER), *args] if self.site else self.python(str(self.launcher), *args)
 
 
 PY = Interpreter()
@@ -373,13 +404,14 @@ def bench(runs: int, warmup: int, cleanup_runs: int, seed: int, where: Path) -> 
     for tool in ("btrfs", "losetup", "mount", "umount"):
         if shutil.which(tool) is None:
             raise BenchError(f"{tool} is not installed")
-    if not AMBER.is_file():
+    if PY.site and not AMBER.is_file():
         raise BenchError(f"no amber console script next to the interpreter: {AMBER}")
     pristine = _pristine_image()
     with contextlib.ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="amber-bench-", dir=where))
         stack.callback(shutil.rmtree, workdir, True)
-        PY.setup(workdir / "pycache")
+        PY.setup(workdir)
+        say(f"Python processes: {PY.describe()}")
         say(f"system roots from {pristine} in {workdir}")
         small = attach_root(stack, pristine, workdir, "small")
         large = attach_root(stack, pristine, workdir, "large")
@@ -393,7 +425,7 @@ def bench(runs: int, warmup: int, cleanup_runs: int, seed: int, where: Path) -> 
         run_small = Case(f"amber run, {SMALL}", transaction(small))
         run_large = Case(f"amber run, {LARGE}", transaction(large))
         status = Case("amber status", plain(PY.amber("--root", str(small.path), "status")))
-        imp = Case("import btrfsutil", plain(PY.python("-c", "import btrfsutil")))
+        imp = Case("import btrfsutil", plain(PY.import_btrfsutil()))
         listing = Case("amber snapshots", plain(PY.amber("--root", str(large.path),
                                                    "snapshots", "--json")))
         subvols = Case("btrfs subvolume list", plain(["btrfs", "subvolume", "list",
@@ -432,9 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     parser.add_argument("--cleanup-runs", type=int, default=2,
                         help="runs of the cleanup measurement (each remakes 989 snapshots)")
-    parser.add_argument("--no-site", action="store_true",
-                        help="start every Python process with -S and sys.path in PYTHONPATH, "
-                             "leaving the host's .pth start-up hooks out of the figures")
+    parser.add_argument("--site", action="store_true",
+                        help="start the Python processes as on this host (amber's console "
+                             "script, site hooks included) instead of the clean default, "
+                             "python3 -I -S with sys.path given explicitly")
     parser.add_argument("--seed", type=int, default=0, help="seed of the run order")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--dir", type=Path, default=Path(DEFAULT_DIR),
@@ -443,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 1 or args.cleanup_runs < 1:
         parser.error("--runs, --warmup and --cleanup-runs must be at least 1")
-    PY.no_site = args.no_site
+    PY.site = args.site
     if os.geteuid() != 0:
         print("bench: needs root (loop devices, mounts, btrfs ioctls)", file=sys.stderr)
         return 2
@@ -459,13 +492,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"python": sys.version.split()[0], "machine": platform.machine(),
                           "cpus": os.cpu_count(), "runs": args.runs, "dir": str(args.dir),
-                          "no_site": args.no_site, "load": os.getloadavg()[0],
+                          "python_processes": PY.describe(), "site": args.site,
+                          "load": os.getloadavg()[0],
                           "rows": [r.as_json() for r in rows]}, indent=2))
     else:
         print(f"amber core benchmark: median of {args.runs} runs "
               f"(cleanup: {args.cleanup_runs}), Python {sys.version.split()[0]}, "
               f"{os.cpu_count()} CPUs, images in {args.dir}"
-              f"{', python -S' if args.no_site else ''}, load {os.getloadavg()[0]:.1f}")
+              f", load {os.getloadavg()[0]:.1f}\nPython processes: {PY.describe()}")
         print(render(rows))
     return 0
 

@@ -18,7 +18,10 @@ import ctypes
 import os
 import sys
 
-import btrfsutil
+# bench/core.py starts this with -I -S, which ignores PYTHONPATH: it passes sys.path here.
+sys.path[:0] = [p for p in os.environ.get("AMBER_BENCH_PATH", "").split(os.pathsep) if p]
+
+import btrfsutil  # noqa: E402
 
 CLONE_NEWNS = 0x00020000
 MS_NOSUID = 2

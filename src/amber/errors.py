@@ -8,7 +8,10 @@ what to do (the hint), and an exit code that scripts can tell apart; never a tra
 from __future__ import annotations
 
 import enum
-from typing import ClassVar, NoReturn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import ClassVar, NoReturn
 
 
 class ExitCode(enum.IntEnum):

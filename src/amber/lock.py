@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import stat
 import time
@@ -53,6 +52,8 @@ class Lock:
 
     def write(self, **record: Any) -> None:
         """Record the transaction in progress (with the process that runs it)."""
+        import json  # not at import time: start-up of read-only verbs
+
         from amber import chroot
 
         pid = os.getpid()
@@ -82,6 +83,7 @@ class Lock:
 
 
 def _parse_record(data: bytes) -> dict[str, Any]:
+    import json  # not at import time: start-up of read-only verbs
     try:
         value = json.loads(data) if data.strip() else {}
     except ValueError:

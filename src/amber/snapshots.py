@@ -10,31 +10,45 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
 import stat
 import time
 from collections.abc import Collection, Mapping
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from amber import btrfs
 from amber.log import AmberError, ExitCode, die
+
+if TYPE_CHECKING:
+    import re
 
 # Writable subvolumes under @ shared by every snapshot (the layout is described in layout.py).
 SHARED_SUBVOLUMES = ("var", "home", "root", "opt", "srv", "usr/local")
 IN_PROGRESS_KEY = "transactional-update-in-progress"
 PINNED_KEY = "pinned"
 IMPORTANT_KEY = "important"
-# A snapshot number, as a directory name and on the command line: ASCII digits without a
-# leading zero (str.isdigit() and int() also take '²', '٣' or '007').
-_NUMBER = re.compile(r"[1-9][0-9]{0,17}")
-_SNAPSHOT_PATH = re.compile(r"(?:^|/)\.snapshots/([1-9][0-9]{0,17})/snapshot$")
+_SNAPSHOT_PATH = r"(?:^|/)\.snapshots/([1-9][0-9]{0,17})/snapshot$"
 INFO_LIMIT = 1 << 20  # bytes of info.xml read at most (snapper's are a few hundred)
+
+
+def _re(pattern: str) -> re.Pattern[str]:
+    """The pattern compiled on first use (re keeps it cached) rather than at import, so that
+    a verb that never needs it does not pay for it: start-up time."""
+    import re
+
+    return re.compile(pattern)
+
+
+def is_number(text: str) -> bool:
+    """A snapshot number, as a directory name and on the command line: ASCII digits without a
+    leading zero, at most 18 of them (str.isdigit() and int() alone also take '²', '٣' or
+    '007')."""
+    return (0 < len(text) <= 18 and text.isascii() and text.isdigit() and text[0] != "0")
 
 
 def number_of_name(name: str) -> int | None:
     """The snapshot number a directory name spells, or None."""
-    return int(name) if _NUMBER.fullmatch(name) else None
+    return int(name) if is_number(name) else None
 
 
 _NO_USERDATA: Mapping[str, str] = {}
@@ -101,7 +115,7 @@ class Ref(NamedTuple):
         """The one parser of snapshot references: ASCII digits without a leading zero, or
         one of `names`; anything else is a usage error (exit 2). Whether the snapshot exists
         is Store.resolve's question (exit 5)."""
-        if _NUMBER.fullmatch(text):
+        if is_number(text):
             return cls(text, int(text))
         if text in names:
             return cls(text, None)
@@ -116,10 +130,10 @@ class Ref(NamedTuple):
 # XML 1.0 carries neither C0 controls but tab, newline and carriage return, nor U+FFFE, U+FFFF
 # or surrogates. A surrogate escape U+DC80..U+DCFF stands for a byte that was not UTF-8 in a file
 # read with surrogateescape; keep_bytes keeps those, so that a rewrite writes the same bytes.
-_UNCARRIED = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-_UNCARRIED_BUT_BYTES = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udc7f\udd00-\udfff"
+_UNCARRIED = ("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_UNCARRIED_BUT_BYTES = ("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udc7f\udd00-\udfff"
                                   "\ufffe\uffff]")
-_STRAY_SURROGATE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+_STRAY_SURROGATE = ("[\ud800-\udc7f\udd00-\udfff]")
 _XML_SPACE = " \t\n\r"
 
 
@@ -131,11 +145,11 @@ def _visible(match: re.Match[str]) -> str:
 def clean_text(text: str, keep_bytes: bool = False) -> str:
     """Text fit for info.xml: a control character becomes its visible symbol (ESC → ␛), a
     surrogate or non-character U+FFFD; what XML carries is kept exactly."""
-    pattern = _UNCARRIED_BUT_BYTES if keep_bytes else _UNCARRIED
+    pattern = _re(_UNCARRIED_BUT_BYTES if keep_bytes else _UNCARRIED)
     return pattern.sub(_visible, text) if pattern.search(text) else text
 
 
-_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_UNSHOWN = ("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 def _shown_char(match: re.Match[str]) -> str:
@@ -147,7 +161,7 @@ def _shown_char(match: re.Match[str]) -> str:
 
 def shown(text: str) -> str:
     """Text for a terminal: control characters visible, undecodable bytes as U+FFFD."""
-    return _UNSHOWN.sub(_shown_char, text) if _UNSHOWN.search(text) else text
+    return _re(_UNSHOWN).sub(_shown_char, text) if _re(_UNSHOWN).search(text) else text
 
 
 def unicode_text(text: str) -> str:
@@ -157,7 +171,7 @@ def unicode_text(text: str) -> str:
     try:
         text.encode()
     except UnicodeEncodeError:
-        return _STRAY_SURROGATE.sub("\ufffd", text).encode(
+        return _re(_STRAY_SURROGATE).sub("\ufffd", text).encode(
             "utf-8", "surrogateescape").decode("utf-8", "replace")
     return text
 
@@ -222,15 +236,15 @@ class InfoError(AmberError):
 _S = "[ \t\r\n]*"
 # Text: no markup, and no character XML does not carry.
 _T = "[^<\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]*"
-_SIMPLE_INFO = re.compile(
+_SIMPLE_INFO = (
     f"\ufeff?{_S}(?:<\\?xml{_T}\\?>{_S})?<snapshot>((?:{_S}<(\\w+)>{_T}</\\2>"
     f"|{_S}<userdata>{_S}<key>{_T}</key>{_S}<value>{_T}</value>{_S}</userdata>)*)"
     f"{_S}</snapshot>{_S}")
-_SIMPLE_FIELD = re.compile(f"<(\\w+)>({_T})</\\1>|<userdata>{_S}<key>({_T})</key>{_S}"
+_SIMPLE_FIELD = (f"<(\\w+)>({_T})</\\1>|<userdata>{_S}<key>({_T})</key>{_S}"
                            f"<value>({_T})</value>{_S}</userdata>")
 _REFERENCE = "&(lt|gt|amp|quot|apos|#[0-9]{1,7}|#x[0-9a-fA-F]{1,6});"
-_BAD_AMPERSAND = re.compile(f"&(?!{_REFERENCE[1:]})")
-_ENTITY = re.compile(_REFERENCE)
+_BAD_AMPERSAND = (f"&(?!{_REFERENCE[1:]})")
+_ENTITY = (_REFERENCE)
 _ENTITIES = {"lt": "<", "gt": ">", "amp": "&", "quot": '"', "apos": "'"}
 
 
@@ -253,9 +267,9 @@ def _text(raw: str) -> str:
     raw = raw.replace("\r\n", "\n").replace("\r", "\n")  # XML's end-of-line handling
     if "&" not in raw:
         return raw
-    if _BAD_AMPERSAND.search(raw):
+    if _re(_BAD_AMPERSAND).search(raw):
         raise InfoError("is not valid XML: an & that starts no reference")
-    return _ENTITY.sub(_character, raw)
+    return _re(_ENTITY).sub(_character, raw)
 
 
 def _number(text: str) -> int | None:
@@ -282,12 +296,12 @@ def _from_fields(fields: Mapping[str, str], userdata: dict[str, str]) -> Snapsho
 def parse_info(text: str, where: str = "info.xml") -> Snapshot:
     """The snapshot an info.xml describes; InfoError (an AmberError) if it cannot be trusted."""
     try:
-        simple = _SIMPLE_INFO.fullmatch(text)
+        simple = _re(_SIMPLE_INFO).fullmatch(text)
         if not simple:
             return _parse_info_xml(text)
         fields: dict[str, str] = {}
         userdata: dict[str, str] = {}
-        for tag, value, key, user_value in _SIMPLE_FIELD.findall(simple.group(1)):
+        for tag, value, key, user_value in _re(_SIMPLE_FIELD).findall(simple.group(1)):
             if tag:
                 fields[tag] = _text(value)
             else:
@@ -357,7 +371,7 @@ def _read_info_file(path: str) -> str:
 
 
 def snapshot_number_of(subvolume_path: str) -> int | None:
-    match = _SNAPSHOT_PATH.search(subvolume_path)
+    match = _re(_SNAPSHOT_PATH).search(subvolume_path)
     return int(match.group(1)) if match else None
 
 
@@ -392,7 +406,7 @@ class Store:
             names = os.listdir(self.dir)
         except OSError as e:
             die(f"cannot read {self.dir}: {e.strerror}", code=ExitCode.ENVIRONMENT)
-        return sorted(int(n) for n in names if _NUMBER.fullmatch(n))
+        return sorted(int(n) for n in names if is_number(n))
 
     def path(self, number: int) -> Path:
         return self.dir / str(number) / "snapshot"
@@ -436,7 +450,7 @@ class Store:
         flags = {}
         for name, read_only in btrfs.subvolumes_below(self.dir).items():
             number, _, rest = name.partition("/")
-            if rest == "snapshot" and _NUMBER.fullmatch(number):
+            if rest == "snapshot" and is_number(number):
                 flags[int(number)] = read_only
         return flags
 

@@ -10,7 +10,6 @@ lock file records which one was in progress; see lock.py). The steps that must n
 from __future__ import annotations
 
 import errno
-import json
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -55,14 +54,22 @@ class Result(NamedTuple):
 # ---- state kept next to the snapshots ----------------------------------------------------------
 
 def read_state(store: Store) -> dict[str, Any]:
+    import json  # not at import time: start-up of read-only verbs
     try:
-        value = json.loads((store.dir / STATE_NAME).read_text())
+        text = (store.dir / STATE_NAME).read_text()
     except (OSError, ValueError):
+        return {}
+
+    try:
+        value = json.loads(text)
+    except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
 
 
 def write_state(store: Store, **changes: Any) -> None:
+    import json  # not at import time: start-up of read-only verbs
+
     from amber.state import atomic_write
 
     state = read_state(store)

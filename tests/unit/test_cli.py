@@ -48,6 +48,39 @@ def test_status_imports_no_heavy_modules() -> None:
     assert result.stdout.strip() == "[]"
 
 
+# What `amber status` and `amber snapshots` import once their verb is parsed and its modules
+# loaded: start-up time (issue 9). Each of these was on the path once and cost milliseconds.
+STATUS_PATH_FREE_OF = ("shutil", "lzma", "bz2", "zlib", "json", "tempfile", "dataclasses",
+                       "subprocess", "ctypes", "xml.etree.ElementTree", "amber.mounts",
+                       "amber.state", "amber.livepatch", "amber.packages")
+
+
+@pytest.mark.parametrize("verb", ["status", "snapshots"])
+def test_status_path_imports_stay_out(verb: str) -> None:
+    code = ("import sys, amber.cli as c; a = c.build_parser(only=sys.argv[1])"
+            ".parse_args([sys.argv[1]]); import amber.system, amber.boot.kernels; "
+            "print([m for m in sys.argv[2:] if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-I", "-S", "-c",
+                             f"import sys; sys.path[:0] = {sys.path!r}; {code}",
+                             verb, *STATUS_PATH_FREE_OF],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_no_regex_compiled_at_import() -> None:
+    """The snapshot store's patterns are compiled on first use, not by importing it (the
+    standard library's own, pathlib's urllib.parse, are not amber's to change)."""
+    code = ("import re; compiled = []; real = re.compile; "
+            "re.compile = lambda p, f=0: (sys._getframe(1).f_globals['__name__']"
+            ".startswith('amber') and compiled.append(p)) or real(p, f); "
+            "import amber.system, amber.transaction, amber.snapshots, amber.log; "
+            "print(compiled)")
+    result = subprocess.run([sys.executable, "-I", "-S", "-c",
+                             f"import sys; sys.path[:0] = {sys.path!r}; {code}"],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("argv", [
     ["rollback", "²"], ["rollback", "٣"], ["rollback", "007"], ["rollback", "0"],
     ["rollback", "-1"], ["diff", "²", "1"], ["diff", "1", "x"], ["run", "--continue", "²", "--",

@@ -126,6 +126,27 @@ def test_initrd_listing_of_an_uncompressed_initrd(tmp_path: Path) -> None:
         assert "usr/lib/modules/6.1/livepatch/amber_lp_v1.ko" in listing.splitlines()
 
 
+def test_initrd_listing_covers_every_uncompressed_archive(tmp_path: Path) -> None:
+    """The kernel unpacks every archive of a concatenated initrd: a module in any of them is
+    in the initrd, not only one in the last (an archive appended to an uncompressed initrd)."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    (first / "usr/lib/modules/6.1/kernel").mkdir(parents=True)
+    (first / "usr/lib/modules/6.1/kernel/ext4.ko").write_bytes(b"x" * 5)
+    (second / "usr/lib/modules/6.1/livepatch").mkdir(parents=True)
+    (second / "usr/lib/modules/6.1/livepatch/amber_lp_v3.ko").write_bytes(b"y" * 3)
+    image = tmp_path / "initrd.img"
+    image.write_bytes(cpio(first) + b"\0" * 8 + cpio(second))
+    listing = initrd.list_initrd(image)
+    assert listing is not None
+    lines = listing.splitlines()
+    assert "usr/lib/modules/6.1/kernel/ext4.ko" in lines
+    assert "usr/lib/modules/6.1/livepatch/amber_lp_v3.ko" in lines
+    assert "TRAILER!!!" not in lines
+    whole = cpio(first)
+    image.write_bytes(whole[:whole.index(b"TRAILER!!!") - 50])  # cut short: not half-listed
+    assert initrd.list_initrd(image) is None
+
+
 def test_drift_sentences_name_the_command() -> None:
     active_only = view.PatchView("amber_lp_v2", active=True, booted=True, next_boot=False,
                                   in_initrd=None)

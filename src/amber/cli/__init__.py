@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from amber import __version__, log
 from amber.cli.common import Adder, common, plain
@@ -25,6 +26,9 @@ from amber.cli.snapshots import (
 )
 from amber.cli.transactions import add_pkg, add_run, cmd_initrd, cmd_shell, cmd_up
 from amber.errors import AmberError, ExitCode
+
+if TYPE_CHECKING:
+    from typing import Any
 
 # ---- parser --------------------------------------------------------------------------------
 
@@ -87,9 +91,41 @@ def _verb_of(argv: Sequence[str]) -> str | None:
     return None
 
 
+def _terminal_width() -> int:
+    """What shutil.get_terminal_size() tells argparse, without importing shutil (which imports
+    bz2, lzma, zlib and fnmatch, for every parser: start-up time): COLUMNS, else the width of
+    the terminal on stdout, else 80."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         _terminal_width() - 2 if width is None else width)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with a help formatter that does not import shutil; its subparsers
+    are of the same class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with `only`, the other verbs are listed without their arguments."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="amber",
         description="Immutable btrfs root: transactional updates, rollback and live patches.",
         epilog="Every change lands in a new snapshot that becomes the default for the next boot "
