@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from amber import log
 from amber.lock import assess, locked, read_lock_record
 from amber.log import ExitCode, die
 from amber.snapshots import PINNED_KEY, Ref, Snapshot, Store, shown, unicode_text
 from amber.transaction import read_state, set_default
+
+if TYPE_CHECKING:
+    from amber.livepatch.view import View
 
 
 def store(root: Path) -> Store:
@@ -28,7 +31,7 @@ class Status(NamedTuple):
     default: int | None
     in_progress: list[int]
     interrupted: list[int]
-    extra: dict[str, Any]
+    livepatch: View | None  # where live patching is in play
     # The live patch, active now, that is the only change from booted to default.
     covered_by_livepatch: str | None = None
     warnings: tuple[str, ...] = ()
@@ -43,7 +46,10 @@ class Status(NamedTuple):
                 "in_progress": self.in_progress, "interrupted": self.interrupted,
                 "reboot_needed": self.reboot_needed,
                 "reboot_avoided_by_livepatch": self.covered_by_livepatch,
-                "warnings": list(self.warnings), **self.extra}
+                "warnings": list(self.warnings),
+                **({"livepatch": {**self.livepatch.as_json(),
+                                  "drift": self.livepatch.drift_json()}}
+                   if self.livepatch else {})}
 
     def render(self) -> str:
         lines = [f"booted snapshot:   {self.booted}", f"default snapshot:  {self.default}"]
@@ -59,11 +65,10 @@ class Status(NamedTuple):
                          f"{self.covered_by_livepatch}, which is active now")
         else:
             lines.append("reboot needed:     no")
-        livepatch = self.extra.get("livepatch")
-        if livepatch:
-            lines += livepatch["lines"]
-            for drift in livepatch["drift"]:
-                lines += [f"warning: {drift['warning']}", f"  hint: {drift['resolve']}"]
+        if self.livepatch is not None:
+            lines += self.livepatch.render()
+            for warning, resolve in self.livepatch.warnings():
+                lines += [f"warning: {warning}", f"  hint: {resolve}"]
         return "\n".join(lines)
 
 
@@ -91,8 +96,8 @@ def status(root: Path) -> Status:
                             f"({verdict.why}) and clears the record")
     for warning in warnings:
         log.warn(warning)
-    extra, covered = _livepatch_status(s, booted, default)
-    return Status(str(root), booted, default, running, interrupted, extra, covered,
+    seen, covered = _livepatch_status(s, booted, default)
+    return Status(str(root), booted, default, running, interrupted, seen, covered,
                   tuple(warnings))
 
 
@@ -122,7 +127,7 @@ def _layout_warnings(s: Store, booted: int | None, default: int | None) -> list[
 
 
 def _livepatch_status(s: Store, booted: int | None, default: int | None
-                      ) -> tuple[dict[str, Any], str | None]:
+                      ) -> tuple[View | None, str | None]:
     """The live patch view, only where live patching is in play (a kernel that supports it, or
     a snapshot that carries a patch); its modules are imported only then."""
     from amber.boot import kernels
@@ -131,16 +136,14 @@ def _livepatch_status(s: Store, booted: int | None, default: int | None
     numbers = {n for n in (booted, default) if n is not None and s.exists(n)}
     carries = any("livepatch" in s.get(n).userdata for n in numbers)  # apply.LIVEPATCH_KEY
     if not sysfs.is_dir() and not carries:
-        return {}, None
+        return None, None
     from amber.livepatch import apply, kernel, view
 
     paths = kernel.KernelPaths.from_environment()
     seen = view.view(s.root, paths, check_initrd=False)
     active = {p.name for p in seen.patches if p.active}
     covered = apply.covering_patch(s, booted, default, active)
-    return {"livepatch": {**seen.as_json(), "lines": seen.render(),
-                          "drift": [{"warning": w, "resolve": r}
-                                    for w, r in seen.warnings()]}}, covered
+    return seen, covered
 
 
 # ---- listing -----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ MAYBE_TEXT = (str, type(None))
 
 STATUS = {"root": str, "booted": MAYBE_NUMBER, "default": MAYBE_NUMBER, "in_progress": list,
           "interrupted": list, "reboot_needed": bool,
-          "reboot_avoided_by_livepatch": MAYBE_TEXT}
+          "reboot_avoided_by_livepatch": MAYBE_TEXT, "warnings": list}
 SNAPSHOT_ROW = {"number": NUMBER, "date": str, "description": str, "read_only": bool,
                 "default": bool, "booted": bool, "pinned": bool, "in_progress": bool,
                 "cleanup": str, "type": str, "userdata": dict, "broken": MAYBE_TEXT}
@@ -36,6 +36,8 @@ DIFF = {"added": list, "removed": list, "changed": list}
 DIFF_ADDED = {"name": str, "version": str}
 DIFF_CHANGED = {"name": str, "old": str, "new": str}
 CLEANUP = {"removed": list}
+LIVEPATCH_VIEW = {"booted": MAYBE_NUMBER, "default": MAYBE_NUMBER, "patches": list,
+                  "drift": list}
 ROLLBACK = {"default": NUMBER, "previous_default": MAYBE_NUMBER, "booted": MAYBE_NUMBER,
             "reverted_livepatches": list}
 
@@ -54,7 +56,7 @@ def documented_keys() -> set[str]:
 
 
 @pytest.mark.parametrize("shape", [STATUS, SNAPSHOT_ROW, TRANSACTION, DIFF, DIFF_ADDED,
-                                   DIFF_CHANGED, CLEANUP, ROLLBACK])
+                                   DIFF_CHANGED, CLEANUP, ROLLBACK, LIVEPATCH_VIEW])
 def test_every_pinned_key_is_documented(shape: dict[str, Any]) -> None:
     assert set(shape) <= documented_keys(), set(shape) - documented_keys()
 
@@ -90,3 +92,13 @@ def test_json_shapes(system: System, tmp_path: Path) -> None:
     check(amber_json(root, "cleanup", "--keep", "1"), CLEANUP, "cleanup")
     check(amber_json(root, "status"), STATUS, "status after")
 
+
+
+def test_status_with_live_patching_carries_data_only(system: System, tmp_path: Path) -> None:
+    """Where the kernel supports live patching, status has a `livepatch` object: data (no
+    rendered lines), its drift listed once."""
+    (tmp_path / "sys/kernel/livepatch").mkdir(parents=True)
+    status = json.loads(amber(system.root, "status", "--json",
+                              env={"AMBER_SYSFS": str(tmp_path / "sys")}).stdout)
+    check(status, {**STATUS, "livepatch": dict}, "status")
+    check(status["livepatch"], LIVEPATCH_VIEW, "status.livepatch")

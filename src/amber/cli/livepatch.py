@@ -135,8 +135,7 @@ def _view(root: Path, paths: Any) -> Any:
 def _view_json(seen: Any) -> dict[str, Any]:
     if seen is None:
         return {}
-    return {"view": seen.as_json(),
-            "drift": [{"warning": w, "resolve": r} for w, r in seen.warnings()]}
+    return {"view": seen.as_json(), "drift": seen.drift_json()}
 
 
 def _print_view(seen: Any) -> None:

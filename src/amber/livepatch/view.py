@@ -104,11 +104,9 @@ class PatchView:
                     "does not contain it", "amber initrd --continue")
         return None
 
-    def as_json(self, default: int | None) -> dict[str, Any]:
-        drift = self.drift(default)
+    def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "active": self.active, "booted_snapshot": self.booted,
-                "next_boot": self.next_boot, "in_initrd": self.in_initrd,
-                "drift": ({"warning": drift[0], "resolve": drift[1]} if drift else None)}
+                "next_boot": self.next_boot, "in_initrd": self.in_initrd}
 
 
 @dataclass(frozen=True)
@@ -119,7 +117,12 @@ class View:
 
     def as_json(self) -> dict[str, Any]:
         return {"booted": self.booted, "default": self.default,
-                "patches": [p.as_json(self.default) for p in self.patches]}
+                "patches": [p.as_json() for p in self.patches]}
+
+    def drift_json(self) -> list[dict[str, str]]:
+        """The drift between the running kernel and the next boot: each a warning and the
+        command that resolves it."""
+        return [{"warning": w, "resolve": r} for w, r in self.warnings()]
 
     def warnings(self) -> list[tuple[str, str]]:
         return [d for p in self.patches if (d := p.drift(self.default)) is not None]
