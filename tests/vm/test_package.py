@@ -37,3 +37,21 @@ def test_image_has_amber_from_its_package(tmp_path: Path) -> None:
         owner = subprocess.run(["dpkg-query", f"--admindir={root}/usr/lib/sysimage/dpkg",
                                 "--search", agent], capture_output=True, text=True)
         assert owner.returncode != 0, "the test agent must not be part of any package"
+
+
+def test_a_user_image_has_no_test_agent(tmp_path: Path) -> None:
+    """What `amber image build` makes for a user carries amber's package and nothing of the
+    test harness: no agent, no agent unit, no harness module."""
+    vm_prerequisites()
+    from amber import image
+    from testing.vm import IMAGE_SIZE
+
+    vm = VM(state=tmp_path / "vm", cache=default_state() / "cache")
+    built = image.build(tmp_path / "user.img", image.ImageSpec(size=IMAGE_SIZE),
+                        cache_dir=vm.cache, amber_deb=vm.amber_package())
+    with attached(built.path, read_only=True) as device, mounted(device, "ro") as root:
+        assert dpkg_query(root, "--search", "/usr/bin/amber") == "amber: /usr/bin/amber"
+        assert not (root / "usr/lib/amber-test").exists()
+        assert not list(root.glob("etc/systemd/system/**/amber-test*"))
+        packaged = root / "usr/lib/python3/dist-packages/amber"
+        assert not any(b"AMBER-AGENT" in p.read_bytes() for p in packaged.rglob("*.py"))
