@@ -14,7 +14,7 @@ short_description: Change an amber system in a transaction (a new btrfs snapshot
 version_added: "0.1.0"
 description:
   - Installs, removes or updates packages, updates the whole system, runs a command, applies a
-    kernel live patch or rolls back, each in an amber transaction: a new snapshot that becomes the
+    kernel live patch or rolls back, each in an amber transaction, a new snapshot that becomes the
     default for the next boot.
   - Idempotent. Before it changes anything the module asks C(amber --dry-run) what the change would
     do against the pending snapshot; a change that is already there makes no snapshot and reports
@@ -87,7 +87,7 @@ notes:
   - Check mode of O(update) and of O(state=latest) uses the package manager's simulation
     (C(apt-get -s)); on systems without apt it fails.
 author:
-  - amber developers
+  - amber developers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -290,15 +290,15 @@ class Runner:
         plans = [(real, self.amber(dry)) for dry, real in calls]
         wanted = [(real, plan) for real, plan in plans if plan["changed"]]
         base = plans[0][1]["base"] if plans else None
-        would = merge_diffs(plan["would"] for _, plan in wanted)
+        would = merge_diffs(plan["would"] for dummy, plan in wanted)
         if not wanted:
             return self.finish(False, base=base)
         if self.module.check_mode:
-            runs = [plan["would"]["run"] for _, plan in wanted if "run" in plan["would"]]
+            runs = [plan["would"]["run"] for dummy, plan in wanted if "run" in plan["would"]]
             extra = {"would_run": [r for group in runs for r in group]} if runs else {}
             return self.finish(True, base=base, diff=would, **extra)
         snapshot, changed, diffs = None, False, []
-        for call, _ in wanted:
+        for call, dummy in wanted:
             done = self.amber(call)
             if done.get("changed"):
                 changed, snapshot = True, done["snapshot"]

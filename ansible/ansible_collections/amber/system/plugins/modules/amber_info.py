@@ -33,11 +33,13 @@ options:
     default: true
 attributes:
   check_mode:
+    description: Runs in check mode as well; it only reads.
     support: full
   facts:
+    description: Returns the fact C(amber).
     support: full
 author:
-  - amber developers
+  - amber developers (!UNKNOWN)
 """
 
 EXAMPLES = r"""
