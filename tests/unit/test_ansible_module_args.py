@@ -112,3 +112,9 @@ def test_two_kinds_of_change_in_one_task_are_refused(monkeypatch: pytest.MonkeyP
     outcome, calls = run_module(monkeypatch, {"packages": ["x"], "update": True}, {})
     assert outcome.kind == "fail" and "mutually exclusive" in outcome.result["msg"]
     assert calls == []
+
+
+def test_rollback_to_the_default_changes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    outcome, calls = run_module(monkeypatch, {"rollback": "1"}, STATUS)
+    assert outcome.kind == "exit" and outcome.result["changed"] is False
+    assert all("rollback" not in argv for argv in calls)
