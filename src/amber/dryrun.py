@@ -21,6 +21,8 @@ from amber.run import run
 
 @dataclass(frozen=True)
 class Plan:
+    """What a transaction would change; the resolvers below fill its lists while they decide."""
+
     base: int
     added: dict[str, str] = field(default_factory=dict)
     removed: dict[str, str] = field(default_factory=dict)
