@@ -24,7 +24,7 @@ from amber.cli.snapshots import (
     cmd_snapshots,
     cmd_status,
 )
-from amber.cli.transactions import add_pkg, add_run, cmd_initrd, cmd_shell, cmd_up
+from amber.cli.transactions import add_pkg, add_run, add_up, cmd_initrd, cmd_shell
 from amber.errors import AmberError, ExitCode
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ VERBS: tuple[tuple[str, tuple[str, ...], str, Adder], ...] = (
     ("shell", (), "open an interactive shell in a new snapshot",
      plain(cmd_shell, transaction=True)),
     ("pkg", (), "install, remove or update packages in a new snapshot", add_pkg),
-    ("up", (), "update every package in a new snapshot", plain(cmd_up, transaction=True)),
+    ("up", (), "update every package in a new snapshot", add_up),
     ("initrd", (), "regenerate the initrd in a new snapshot", plain(cmd_initrd, transaction=True)),
     ("status", (), "booted and default snapshot, pending reboot", plain(cmd_status)),
     ("snapshots", ("list",), "list snapshots", plain(cmd_snapshots)),
@@ -198,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except AmberError as e:
         log.error(e)
+        if getattr(args, "json", False):
+            log.print_json({"error": {"message": e.message, "hint": e.hint, "code": int(e.code)}})
         return int(e.code)
     except KeyboardInterrupt:
         print("error: interrupted; nothing was changed", file=sys.stderr)
