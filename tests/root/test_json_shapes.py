@@ -31,7 +31,7 @@ SNAPSHOT_ROW = {"number": NUMBER, "date": str, "description": str, "read_only": 
                 "default": bool, "booted": bool, "pinned": bool, "in_progress": bool,
                 "cleanup": str, "type": str, "userdata": dict, "broken": MAYBE_TEXT}
 TRANSACTION = {"snapshot": MAYBE_NUMBER, "base": NUMBER, "description": str, "dropped": bool,
-               "default": MAYBE_NUMBER}
+               "default": MAYBE_NUMBER, "changed": bool}
 DIFF = {"added": list, "removed": list, "changed": list}
 DIFF_ADDED = {"name": str, "version": str}
 DIFF_CHANGED = {"name": str, "old": str, "new": str}
