@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from amber.log import AmberError, ExitCode
-from amber.reboot import fleetlock, node_id
-from amber.reboot.fleetlock import (
+from amber.fleet import fleetlock, node_id
+from amber.fleet.fleetlock import (
     Answer,
     FleetLock,
     FleetLockConfigError,
