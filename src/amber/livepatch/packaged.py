@@ -14,7 +14,6 @@ package stays installed and nothing is loaded: the snapshot's info.xml says why
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,17 +28,56 @@ if TYPE_CHECKING:
 INACTIVE_KEY = "livepatch-inactive"
 
 
-def fingerprints(snapshot: Path, release: str) -> dict[str, str]:
-    """{module name: sha256} of the live patch modules for a kernel release in a snapshot."""
-    from amber.livepatch.view import installed_patches
+def livepatch_dir(snapshot: Path, release: str) -> Path:
+    from amber.boot.kernels import modules_dir
 
-    return {name: hashlib.sha256(path.read_bytes()).hexdigest()
-            for name, path in installed_patches(snapshot, release).items()}
+    return modules_dir(snapshot) / release / "livepatch"
 
 
-def arrived(before: dict[str, str], after: dict[str, str]) -> list[str]:
-    """The live patches that are new or changed."""
-    return sorted(name for name, digest in after.items() if before.get(name) != digest)
+def identities(directory: Path, names: list[str]) -> dict[str, tuple[int, int, int]]:
+    """{file name: (inode, size, mtime)} by stat alone: reading would update access times and
+    so change the snapshot (--drop-if-no-change compares its generation)."""
+    found = {}
+    for name in names:
+        try:
+            st = (directory / name).lstat()
+        except FileNotFoundError:
+            continue
+        found[name] = (st.st_ino, st.st_size, st.st_mtime_ns)
+    return found
+
+
+def names(directory: Path) -> list[str]:
+    """The entries of a folder, listed without updating its access time."""
+    import os
+
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOATIME | os.O_CLOEXEC)
+    try:
+        return sorted(os.listdir(fd))
+    finally:
+        os.close(fd)
+
+
+def arrived(base: Path, work: Path, release: str) -> list[str]:
+    """The live patch modules for `release` that the transaction added or changed (by module
+    name), by stat and listing alone, so that a transaction that changes nothing stays
+    unchanged: following a symbolic link in the working snapshot would update its access time
+    (and --drop-if-no-change compares the snapshot's generation)."""
+    from amber.livepatch.module import module_name_from_path
+    from amber.livepatch.sources import is_module_file
+
+    old_dir = livepatch_dir(base, release).resolve()
+    try:  # the same folder in the working snapshot, without following its links (lib -> usr/lib)
+        new_dir = work / old_dir.relative_to(base.resolve())
+    except ValueError:
+        new_dir = livepatch_dir(work, release)
+    if not new_dir.is_dir():
+        return []
+    old_names = names(old_dir) if old_dir.is_dir() else []
+    new_names = names(new_dir)
+    before, after = identities(old_dir, old_names), identities(new_dir, new_names)
+    return sorted({module_name_from_path(new_dir / n) for n, ident in after.items()
+                   if is_module_file(n) and before.get(n) != ident})
 
 
 @dataclass
@@ -95,9 +133,8 @@ def watching(steps: transaction.Steps, pending: Pending, running: str,
     from amber.boot.kernels import boot_kernel
 
     def watched(chroot: transaction.Chroot) -> None:
-        before = fingerprints(chroot.path, running)
         steps(chroot)
-        new = arrived(before, fingerprints(chroot.path, running))
+        new = arrived(chroot.store.path(chroot.base), chroot.path, running)
         if not new:
             return
         from amber.livepatch.view import installed_patches
