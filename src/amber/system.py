@@ -73,6 +73,10 @@ def status(root: Path) -> Status:
         interrupted = []
     booted, default = s.booted(), s.default()
     extra, covered = _livepatch_status(s, booted, default)
+    from amber.fleet.reboot import status_json  # the "reboot" key (issue 13)
+
+    extra["reboot"] = status_json(root, default is not None and default != booted
+                                  and covered is None, booted, default, covered)
     return Status(str(root), booted, default, running, interrupted, extra, covered)
 
 

@@ -110,7 +110,7 @@ def test_malformed_reboot_keys_exit_9_naming_the_key(section: str, key: str, val
         data[section]["fleetlock_url"] = "http://fleetlock:3333"
     with pytest.raises(AmberError) as failure:
         cfg.parse(data, Path("amber.conf"))
-    assert failure.value.code == ExitCode.CONFIG == 9
+    assert failure.value.code == ExitCode.CONFIG and int(failure.value.code) == 9
     assert named in failure.value.message
 
 
