@@ -113,8 +113,11 @@ def test_units_enabled_as_amber_conf_asks(tmp_path: Path) -> None:
     assert "OnCalendar=\nOnCalendar=Mon..Fri 03:00\n" in (tmp_path / units.SCHEDULE_DROP_IN
                                                          ).read_text()
     shipped = Path(__file__).resolve().parents[2] / "src/amber/data/systemd"
-    assert {p.name for p in shipped.iterdir()} == {
-        "amber-update.timer", "amber-update.service", "amber-fleetlock-release.service"}
+    assert {p.name for p in shipped.iterdir()} == {"amber-update.timer", "amber-update.service"}
+    release = tmp_path / "etc/systemd/system" / units.RELEASE
+    assert "ExecStart=/usr/bin/amber reboot --steady-state" in release.read_text()
+    assert (tmp_path / "etc/systemd/system/multi-user.target.wants" / units.RELEASE).resolve(
+        strict=False) == Path("/etc/systemd/system") / units.RELEASE
     service = (shipped / "amber-update.service").read_text()
     assert "amber up --continue --drop-if-no-change" in service
     assert "amber reboot --if-needed" in service
