@@ -12,6 +12,7 @@ import pytest
 
 from amber import transaction
 from amber.livepatch import apply, early, packaged, update
+from amber.log import AmberError, ExitCode
 from amber.snapshots import Store
 from testing import rootfs
 from testing.livepatch_packages import build_livepatch_deb, deb_name
@@ -34,7 +35,9 @@ def with_repository(system: System, kit: Kit) -> Path:
     write_apt_index(repository)
     amber(system.root, "run", "--", "sh", "-c",
           "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*; echo 'deb [trusted=yes] "
-          "file:/srv/repository ./' > /etc/apt/sources.list.d/amber-test.list; apt-get update")
+          "file:/srv/repository ./' > /etc/apt/sources.list.d/amber-test.list; apt-get update; "
+          "mkdir -p /etc/amber; printf '[livepatch]\\ntransition_timeout = 1.0\\n' "
+          "> /etc/amber/amber.conf")
     rootfs.unmount_all(system.mounts)
     system.mounts = rootfs.mount_root(system.device, system.root)
     assert Store(system.root).booted() == 3
@@ -122,3 +125,18 @@ def test_disabled_live_patching_installs_but_does_not_load(system: System, kit: 
     note = Store(system.root).get(4).userdata[packaged.INACTIVE_KEY]
     assert note.startswith("amber_lp_v1: live patching is disabled")
     assert status(system.root)["reboot_needed"] is True
+
+
+def test_a_failed_load_withdraws_the_transaction(system: System, kit: Kit,
+                                                 kernel: FakeKernel) -> None:
+    repository = with_repository(system, kit)
+    assert "transition_timeout = 1.0" in (system.root / "etc/amber/amber.conf").read_text()
+    name = publish(repository, kit, kit.v1, "1")
+    kernel.stall = True
+    with pytest.raises(AmberError) as failure:
+        transaction.run_packages(options(system), "install", [name], paths=kernel.paths,
+                                 syscalls=kernel)
+    assert failure.value.code == ExitCode.TRANSITION_TIMEOUT
+    assert "snapshot 4 was withdrawn, the default is 3 again" in (failure.value.hint or "")
+    assert numbers(system.root) == [1, 2, 3] and Store(system.root).default() == 3
+    assert active(kernel) == [] and kernel.loaded == []
