@@ -55,6 +55,9 @@ class Status(NamedTuple):
                          f"{self.covered_by_livepatch}, which is active now")
         else:
             lines.append("reboot needed:     no")
+        inactive = self.extra.get("reboot", {}).get("livepatch_inactive")
+        if inactive:
+            lines.append(f"live patch not active: {inactive}")
         livepatch = self.extra.get("livepatch")
         if livepatch:
             lines += livepatch["lines"]

@@ -124,7 +124,10 @@ def test_disabled_live_patching_installs_but_does_not_load(system: System, kit: 
     assert early.initrd_patches(system.snapshot(4)) == []
     note = Store(system.root).get(4).userdata[packaged.INACTIVE_KEY]
     assert note.startswith("amber_lp_v1: live patching is disabled")
-    assert status(system.root)["reboot_needed"] is True
+    st = status(system.root)
+    assert st["reboot_needed"] is True and st["reboot"]["livepatch_inactive"] == note
+    text = amber(system.root, "status").stdout
+    assert "live patch not active: amber_lp_v1: live patching is disabled" in text
 
 
 def test_a_failed_load_withdraws_the_transaction(system: System, kit: Kit,

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from amber import config, log
 from amber.config import RebootMethod, RebootStrategy
-from amber.log import ExitCode, die
+from amber.log import AmberError, ExitCode, die
 
 if TYPE_CHECKING:
     from amber.fleet.window import Window
@@ -93,7 +93,20 @@ def status_json(root: Path, needed: bool, booted: int | None, default: int | Non
     if window is not None:
         opens = (now if window.contains(now) else window.next_start(now)).isoformat()
     return {"needed": needed, "reason": reboot_reason(booted, default, covered),
-            "window_next": opens}
+            "window_next": opens, "livepatch_inactive": inactive_note(root, default)}
+
+
+def inactive_note(root: Path, default: int | None) -> str | None:
+    """Why the default snapshot's live patch package is not active (amber.livepatch.packaged)."""
+    from amber.livepatch.packaged import INACTIVE_KEY
+    from amber.snapshots import Store
+
+    if default is None:
+        return None
+    try:
+        return Store(root).get(default).userdata.get(INACTIVE_KEY)
+    except AmberError:
+        return None
 
 
 # ---- doing it ---------------------------------------------------------------------------------
