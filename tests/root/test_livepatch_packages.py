@@ -143,3 +143,20 @@ def test_a_failed_load_withdraws_the_transaction(system: System, kit: Kit,
     assert "snapshot 4 was withdrawn, the default is 3 again" in (failure.value.hint or "")
     assert numbers(system.root) == [1, 2, 3] and Store(system.root).default() == 3
     assert active(kernel) == [] and kernel.loaded == []
+
+
+def test_a_live_patch_for_another_kernel_is_installed_not_loaded(system: System, kit: Kit,
+                                                                 kernel: FakeKernel) -> None:
+    from testing.modules import build
+
+    repository = with_repository(system, kit)
+    other = build.other_release(kit.release)
+    build_livepatch_deb(repository, other, kit.v1, "1")
+    write_apt_index(repository)
+    name = deb_name(other)
+    result = transaction.run_packages(options(system), "install", [name], paths=kernel.paths,
+                                      syscalls=kernel)
+    assert result.number == 4 and dpkg_installed(system.snapshot(4), name)
+    assert active(kernel) == [] and early.initrd_patches(system.snapshot(4)) == []
+    note = status(system.root)["reboot"]["livepatch_inactive"]
+    assert note == f"amber_lp_v1: it is for kernel {other}, not the running kernel {kit.release}"

@@ -80,6 +80,26 @@ def arrived(base: Path, work: Path, release: str) -> list[str]:
                    if is_module_file(n) and before.get(n) != ident})
 
 
+def other_kernels(base: Path, work: Path, running: str) -> dict[str, list[str]]:
+    """{release: live patches the transaction added} for the kernels other than `running`."""
+    from amber.boot.kernels import modules_dir
+
+    folder = modules_dir(base).resolve()
+    try:
+        folder = work / folder.relative_to(base.resolve())
+    except ValueError:
+        folder = modules_dir(work)
+    if not folder.is_dir():
+        return {}
+    found = {}
+    for release in names(folder):
+        if release != running and (folder / release / "livepatch").is_dir():
+            added = arrived(base, work, release)
+            if added:
+                found[release] = added
+    return found
+
+
 @dataclass
 class Pending:
     """What the steps found, for the load after the commit."""
@@ -134,8 +154,13 @@ def watching(steps: transaction.Steps, pending: Pending, running: str,
 
     def watched(chroot: transaction.Chroot) -> None:
         steps(chroot)
-        new = arrived(chroot.store.path(chroot.base), chroot.path, running)
+        base = chroot.store.path(chroot.base)
+        new = arrived(base, chroot.path, running)
         if not new:
+            for release, names_ in other_kernels(base, chroot.path, running).items():
+                why = f"it is for kernel {release}, not the running kernel {running}"
+                log.warn(f"live patch {', '.join(names_)} is installed but not active: {why}")
+                chroot.store.update(chroot.number, {INACTIVE_KEY: f"{names_[0]}: {why}"})
             return
         from amber.livepatch.view import installed_patches
 
@@ -146,7 +171,7 @@ def watching(steps: transaction.Steps, pending: Pending, running: str,
                 f"({', '.join(new)}); amber loads one cumulative live patch at a time",
                 hint="install only the newest live patch package", code=ExitCode.REFUSED)
         name = new[0]
-        reason = None
+        reason: str | None = None
         if not settings.enabled:
             reason = "live patching is disabled (amber livepatch enable)"
         elif booting != running:
