@@ -106,6 +106,11 @@ def stage(root: Path, changelog: Changelog) -> None:
     write(doc / "copyright", (PACKAGING / "copyright").read_bytes())
     write(doc / "changelog.gz", gzipped((PACKAGING / "changelog").read_bytes()))
     write(doc / "examples/amber.conf", config_doc.example_conf())
+    # ---- systemd units (issue 13): the update timer and the FleetLock release ----
+    for unit in sorted((SOURCE / "data/systemd").iterdir()):
+        if unit.suffix in (".timer", ".service"):
+            write(root / "usr/lib/systemd/system" / unit.name, unit.read_bytes())
+    # ---- end of systemd units ----
 
 
 def _date(epoch: int) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,39 @@ class LivepatchConfig:
     max_module_size: int = DEFAULT_MAX_MODULE_SIZE  # bytes or "64M": larger modules are refused
 
 
+class RebootMethod(StrEnum):
+    SYSTEMD = "systemd"
+    KEXEC = "kexec"
+    NOTIFY = "notify"
+    NONE = "none"
+
+
+class RebootStrategy(StrEnum):
+    NONE = "none"
+    FLEETLOCK = "fleetlock"
+
+
+@dataclass(frozen=True)
+class UpdateConfig:
+    enabled: bool = False  # amber image build enables amber-update.timer (amber up, then reboot)
+    schedule: str = "daily"  # when the timer runs: a systemd calendar expression (OnCalendar=)
+
+
+@dataclass(frozen=True)
+class RebootConfig:
+    method: str = "systemd"  # systemd | kexec | notify (/run/reboot-required) | none
+    window: str = ""  # when amber reboot may reboot, e.g. "Sat,Sun 02:00-04:00"; empty: any time
+    strategy: str = "none"  # none | fleetlock: take a fleet-wide reboot slot first
+    fleetlock_url: str = ""  # the FleetLock server's base URL, e.g. "http://fleetlock:3333"
+    group: str = "default"  # the FleetLock group this machine reboots with
+
+
 @dataclass(frozen=True)
 class Config:
     snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
     livepatch: LivepatchConfig = field(default_factory=LivepatchConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    reboot: RebootConfig = field(default_factory=RebootConfig)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -107,7 +137,8 @@ def _section(cls: Any, data: Any, name: str, path: Path) -> Any:
 
 
 def parse(data: dict[str, Any], path: Path) -> Config:
-    known = {"snapshots": SnapshotsConfig, "livepatch": LivepatchConfig}
+    known = {"snapshots": SnapshotsConfig, "livepatch": LivepatchConfig,
+             "update": UpdateConfig, "reboot": RebootConfig}
     sections: dict[str, Any] = {}
     for name, value in data.items():
         if name not in known:
@@ -126,7 +157,42 @@ def parse(data: dict[str, Any], path: Path) -> Config:
             f"{high // MiB} MiB, not {config.livepatch.max_module_size} bytes",
             hint='the default is "64M"; the largest real module is a few MiB',
             code=ExitCode.CONFIG)
+    _check_update_and_reboot(config, path)
     return config
+
+
+def _check_update_and_reboot(config: Config, path: Path) -> None:
+    update, reboot = config.update, config.reboot
+    if not update.schedule.strip() or "\n" in update.schedule:
+        die(f"{path}: schedule in [update] must be a systemd calendar expression, not "
+            f"{update.schedule!r}", hint='e.g. "daily" or "Mon..Fri 03:00"', code=ExitCode.CONFIG)
+    for key, value, choices in (("method", reboot.method, RebootMethod),
+                                ("strategy", reboot.strategy, RebootStrategy)):
+        if value not in set(choices):
+            die(f"{path}: {key} in [reboot] must be one of {' | '.join(choices)}, not {value!r}",
+                code=ExitCode.CONFIG)
+    if reboot.window:
+        from datetime import UTC
+
+        from amber.fleet import window
+
+        try:
+            window.parse(reboot.window, UTC)
+        except window.WindowError as e:
+            die(f"{path}: window in [reboot] is malformed: {e}",
+                hint='e.g. "Sat,Sun 02:00-04:00" (see the README\'s Maintenance windows)',
+                code=ExitCode.CONFIG)
+    if reboot.strategy == RebootStrategy.FLEETLOCK or reboot.fleetlock_url:
+        from amber.fleet import fleetlock
+
+        for key, check, value in (("fleetlock_url", fleetlock.check_url, reboot.fleetlock_url),
+                                  ("group", fleetlock.check_group, reboot.group)):
+            try:
+                check(value)
+            except fleetlock.FleetLockConfigError as e:
+                die(f"{path}: {key} in [reboot] is malformed: {e}",
+                    hint='e.g. fleetlock_url = "http://fleetlock.example:3333"',
+                    code=ExitCode.CONFIG)
 
 
 def load(root: Path) -> Config:

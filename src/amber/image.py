@@ -25,6 +25,7 @@ from pathlib import Path
 import amber
 from amber import layout, log
 from amber.boot import kernels
+from amber.fleet import units
 from amber.log import ExitCode, die
 from amber.run import run
 
@@ -433,6 +434,7 @@ def assemble(image: Path, spec: ImageSpec, tarball: Path, amber_deb: Path) -> Bu
         install_amber(rootfs, amber_deb)
         for extra in spec.extra_files:
             write_extra_file(rootfs, extra)
+        units.enable(rootfs)  # the update timer, as the image's amber.conf asks (issue 13)
         log.step("Splitting off the shared subvolumes and closing snapshot 1")
         layout.finish(top)
     return BuiltImage(image, release, cmdline, fs_uuid)

@@ -32,6 +32,7 @@ class Status(NamedTuple):
     in_progress: list[int]
     interrupted: list[int]
     livepatch: View | None  # where live patching is in play
+    reboot: dict[str, Any]  # what a reboot would bring, and when (amber.fleet.reboot)
     # The live patch, active now, that is the only change from booted to default.
     covered_by_livepatch: str | None = None
     warnings: tuple[str, ...] = ()
@@ -46,7 +47,7 @@ class Status(NamedTuple):
                 "in_progress": self.in_progress, "interrupted": self.interrupted,
                 "reboot_needed": self.reboot_needed,
                 "reboot_avoided_by_livepatch": self.covered_by_livepatch,
-                "warnings": list(self.warnings),
+                "warnings": list(self.warnings), "reboot": self.reboot,
                 **({"livepatch": {**self.livepatch.as_json(),
                                   "drift": self.livepatch.drift_json()}}
                    if self.livepatch else {})}
@@ -65,6 +66,9 @@ class Status(NamedTuple):
                          f"{self.covered_by_livepatch}, which is active now")
         else:
             lines.append("reboot needed:     no")
+        inactive = self.reboot.get("livepatch_inactive")
+        if inactive:
+            lines.append(f"live patch not active: {inactive}")
         if self.livepatch is not None:
             lines += self.livepatch.render()
             for warning, resolve in self.livepatch.warnings():
@@ -97,7 +101,11 @@ def status(root: Path) -> Status:
     for warning in warnings:
         log.warn(warning)
     seen, covered = _livepatch_status(s, booted, default)
-    return Status(str(root), booted, default, running, interrupted, seen, covered,
+    from amber.fleet.reboot import status_json  # the "reboot" key
+
+    reboot = status_json(root, default is not None and default != booted and covered is None,
+                         booted, default, covered)
+    return Status(str(root), booted, default, running, interrupted, seen, reboot, covered,
                   tuple(warnings))
 
 

@@ -309,14 +309,29 @@ def withdraw(store: Store, number: int, default_before: int | None,
 
 # ---- the changes a transaction can make ---------------------------------------------------------
 
-def run_command(options: Options, command: Sequence[str]) -> Result:
+# ---- live patch packages (issue 13): a transaction that installs one loads it, as apply does --
+
+def execute_loading_livepatches(options: Options, steps: Steps, description: str,
+                                **kernel: Any) -> Result:
+    """execute(), and the live patches for the running kernel that the steps install are
+    checked, put into the initrd and loaded (amber.livepatch.packaged). kernel: paths=,
+    syscalls= of the kernel side (the running kernel by default)."""
+    from amber.livepatch import packaged
+
+    return packaged.execute(options, steps, description, **kernel)
+
+# ---- end of live patch packages -------------------------------------------------------------
+
+
+def run_command(options: Options, command: Sequence[str], **kernel: Any) -> Result:
     from shlex import join as command_line
 
     def steps(chroot: WorkingSnapshot) -> None:
         log.step(f"running {command_line(command)}")
         chroot.run(command, step="the command")
 
-    return execute(options, steps, f"amber run {command_line(command)}")
+    return execute_loading_livepatches(options, steps, f"amber run {command_line(command)}",
+                                       **kernel)
 
 
 def run_shell(options: Options) -> Result:
@@ -330,7 +345,7 @@ def run_shell(options: Options) -> Result:
     return execute(options, steps, "amber shell")
 
 
-def run_packages(options: Options, action: str, names: Sequence[str]) -> Result:
+def run_packages(options: Options, action: str, names: Sequence[str], **kernel: Any) -> Result:
     from amber import packages
 
     files = [Path(n) for n in names if packages.is_package_file(n)]
@@ -346,7 +361,7 @@ def run_packages(options: Options, action: str, names: Sequence[str]) -> Result:
                                        announce=action)
 
     label = "amber up" if action == "up" else f"amber pkg {action} {' '.join(names)}"
-    return execute(options, steps, label)
+    return execute_loading_livepatches(options, steps, label, **kernel)
 
 
 def run_initrd(options: Options) -> Result:

@@ -72,3 +72,51 @@ def test_state_overrides_config(tmp_path: Path) -> None:
     assert config.load(tmp_path).livepatch.enabled is True
     config.save_state(tmp_path, "livepatch_enabled", False)
     assert config.load(tmp_path).livepatch.enabled is False
+
+
+# ---- [update] and [reboot] (issue 13) ----------------------------------------------------------
+
+def test_update_and_reboot_sections_parse() -> None:
+    from amber import config as cfg
+
+    parsed = cfg.parse({"update": {"enabled": True, "schedule": "Mon..Fri 03:00"},
+                        "reboot": {"method": "notify", "window": "Sat,Sun 02:00-04:00",
+                                   "strategy": "fleetlock", "group": "web",
+                                   "fleetlock_url": "http://fleetlock.example:3333/"}},
+                       Path("amber.conf"))
+    assert parsed.update == cfg.UpdateConfig(enabled=True, schedule="Mon..Fri 03:00")
+    assert parsed.reboot.method == cfg.RebootMethod.NOTIFY
+    assert parsed.reboot.window == "Sat,Sun 02:00-04:00" and parsed.reboot.group == "web"
+
+
+@pytest.mark.parametrize(("section", "key", "value", "named"), [
+    ("reboot", "window", "Sat,Sun 25:00-04:00", "window in [reboot]"),
+    ("reboot", "window", "Someday 02:00-04:00", "window in [reboot]"),
+    ("reboot", "fleetlock_url", "ftp://fleetlock", "fleetlock_url in [reboot]"),
+    ("reboot", "fleetlock_url", "http://user:pw@fleetlock", "fleetlock_url in [reboot]"),
+    ("reboot", "method", "halt", "method in [reboot]"),
+    ("reboot", "strategy", "random", "strategy in [reboot]"),
+    ("reboot", "group", "a b", "group in [reboot]"),
+    ("update", "schedule", "", "schedule in [update]"),
+])
+def test_malformed_reboot_keys_exit_9_naming_the_key(section: str, key: str, value: str,
+                                                     named: str) -> None:
+    from amber import config as cfg
+    from amber.errors import ExitCode
+
+    data: dict[str, dict[str, object]] = {section: {key: value}}
+    if key == "group":
+        data[section]["strategy"] = "fleetlock"
+        data[section]["fleetlock_url"] = "http://fleetlock:3333"
+    with pytest.raises(AmberError) as failure:
+        cfg.parse(data, Path("amber.conf"))
+    assert failure.value.code == ExitCode.CONFIG and int(failure.value.code) == 9
+    assert named in failure.value.message
+
+
+def test_fleetlock_strategy_needs_a_url() -> None:
+    from amber import config as cfg
+
+    with pytest.raises(AmberError) as failure:
+        cfg.parse({"reboot": {"strategy": "fleetlock"}}, Path("amber.conf"))
+    assert "fleetlock_url in [reboot]" in failure.value.message

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from amber.log import AmberError, ExitCode
-from amber.reboot import fleetlock, node_id
-from amber.reboot.fleetlock import (
+from amber.fleet import fleetlock, node_id
+from amber.fleet.fleetlock import (
     Answer,
     FleetLock,
     FleetLockConfigError,
@@ -29,6 +28,7 @@ from amber.reboot.fleetlock import (
     Outcome,
     interpret,
 )
+from amber.log import AmberError, ExitCode
 from testing.fleetlock_server import PRE_REBOOT, STEADY_STATE, FleetLockServer, Mode
 
 GRANTED = Outcome.GRANTED

@@ -69,7 +69,9 @@ def test_package_holds_the_product_and_no_test_code(deb: Path) -> None:
     for path in ("/usr/bin/amber", "/usr/share/man/man8/amber.8.gz",
                  "/usr/share/bash-completion/completions/amber",
                  "/usr/share/zsh/vendor-completions/_amber", "/usr/share/doc/amber/copyright",
-                 "/usr/share/doc/amber/changelog.gz", "/usr/share/doc/amber/examples/amber.conf"):
+                 "/usr/share/doc/amber/changelog.gz", "/usr/share/doc/amber/examples/amber.conf",
+                 "/usr/lib/systemd/system/amber-update.timer",
+                 "/usr/lib/systemd/system/amber-update.service"):
         assert path in files
     assert files["/usr/bin/amber"] == "-rwxr-xr-x"
     assert field(deb, "Version") == package.checkout_version()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from amber import __version__, log
 from amber.cli.common import Adder, common, plain
+from amber.cli.fleet import add_reboot
 from amber.cli.snapshots import (
     add_cleanup,
     add_delete,
@@ -70,6 +71,8 @@ VERBS: tuple[tuple[str, tuple[str, ...], str, Adder], ...] = (
     ("delete", (), "delete snapshots (never the booted or default one)", add_delete),
     ("cleanup", (), "delete old snapshots and unfinished transactions", add_cleanup),
     ("diff", (), "packages added, removed and changed between two snapshots", add_diff),
+    ("reboot", (), "reboot when needed, inside the maintenance window, one fleet slot at a time",
+     add_reboot),
 )
 NESTED = {"livepatch": "inspect, load and apply kernel live patches",
           "image": "build a bootable immutable Debian image"}

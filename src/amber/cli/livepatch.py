@@ -266,6 +266,15 @@ def cmd_revert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_update(args: argparse.Namespace) -> int:
+    from amber.livepatch import update
+
+    outcome = update.update(args.root, wait=args.wait)
+    if args.json:
+        log.print_json(outcome.as_json())
+    return 0
+
+
 def cmd_enable(args: argparse.Namespace) -> int:
     from amber import config
 
@@ -362,6 +371,11 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
     v.add_argument("name", metavar="NAME")
     _timeout_option(v)
     v.set_defaults(handler=cmd_revert)
+
+    v = verbs.add_parser("update", help="install the newest live patch package for the "
+                                        "running kernel from the repositories, and load it")
+    common(v)
+    v.set_defaults(handler=cmd_update)
 
     for verb, text in (("enable", "allow live patches to be loaded on this system"),
                        ("disable", "refuse to load live patches on this system")):

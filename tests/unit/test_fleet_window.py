@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from amber.reboot import window
-from amber.reboot.window import ALL_DAYS, Period, Window, WindowError, parse
+from amber.fleet import window
+from amber.fleet.window import ALL_DAYS, Period, Window, WindowError, parse
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")
