@@ -29,6 +29,8 @@ class Status(NamedTuple):
     extra: dict[str, Any]
     # The live patch, active now, that is the only change from booted to default.
     covered_by_livepatch: str | None = None
+    # /etc paths the booted snapshot's first-boot merge left in conflict (amber etc conflicts)
+    etc_conflicts: tuple[str, ...] = ()
 
     @property
     def reboot_needed(self) -> bool:
@@ -39,7 +41,8 @@ class Status(NamedTuple):
         return {"root": self.root, "booted": self.booted, "default": self.default,
                 "in_progress": self.in_progress, "interrupted": self.interrupted,
                 "reboot_needed": self.reboot_needed,
-                "reboot_avoided_by_livepatch": self.covered_by_livepatch, **self.extra}
+                "reboot_avoided_by_livepatch": self.covered_by_livepatch,
+                "etc_conflicts": list(self.etc_conflicts), **self.extra}
 
     def render(self) -> str:
         lines = [f"booted snapshot:   {self.booted}", f"default snapshot:  {self.default}"]
@@ -55,6 +58,9 @@ class Status(NamedTuple):
                          f"{self.covered_by_livepatch}, which is active now")
         else:
             lines.append("reboot needed:     no")
+        if self.etc_conflicts:
+            lines.append(f"/etc conflicts:    {len(self.etc_conflicts)} from the update's merge "
+                         "(the admin's version kept); see 'amber etc conflicts'")
         livepatch = self.extra.get("livepatch")
         if livepatch:
             lines += livepatch["lines"]
@@ -73,7 +79,17 @@ def status(root: Path) -> Status:
         interrupted = []
     booted, default = s.booted(), s.default()
     extra, covered = _livepatch_status(s, booted, default)
-    return Status(str(root), booted, default, running, interrupted, extra, covered)
+    return Status(str(root), booted, default, running, interrupted, extra, covered,
+                  _etc_conflicts(root, booted))
+
+
+def _etc_conflicts(root: Path, booted: int | None) -> tuple[str, ...]:
+    if booted is None or not (root / "var/lib/amber/etc-merge" / str(booted)).is_dir():
+        return ()  # the usual case, without importing the merge
+    from amber.etc.pending import stored_conflicts
+    from amber.etc.tree import decode
+
+    return tuple(decode(c.path) for c in stored_conflicts(root, booted))
 
 
 def _livepatch_status(s: Store, booted: int | None, default: int | None
