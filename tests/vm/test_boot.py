@@ -4,6 +4,7 @@ power cut in the middle of a transaction loses nothing."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -121,7 +122,11 @@ def test_power_cut_during_transaction(vm: VM) -> None:
     assert root_subvolume(vm) == snapshot_path(before["default"])
     assert vm.exec(["test", "-d", f"/.snapshots/{unfinished}/snapshot"], check=False).code == 0
 
-    status = amber_status(vm)
+    status = amber_status(vm)  # reports the interrupted transaction, deletes nothing
     assert (status["booted"], status["default"]) == (before["default"], before["default"])
     assert status["in_progress"] == [] and status["reboot_needed"] is False
+    assert status["interrupted"] == [unfinished]
+    assert vm.exec(["test", "-d", f"/.snapshots/{unfinished}/snapshot"], check=False).code == 0
+    removed = json.loads(vm.exec(["amber", "cleanup", "--keep", "1000", "--json"]).out)
+    assert removed == {"removed": [unfinished]}  # the next write command removes it
     assert vm.exec(["test", "-e", f"/.snapshots/{unfinished}"], check=False).code == 1
