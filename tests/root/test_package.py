@@ -4,7 +4,6 @@ its files, postinst compiled the modules, and a purge leaves nothing behind."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from testing.images import CACHE, SUITE
+from testing.images import debian_tarball
 from tests.conftest import require
 from tools import package
 
@@ -30,18 +29,6 @@ def depends(deb: Path) -> list[str]:
             for alternatives in text.split(",")]
 
 
-def tree_tarball(include: list[str]) -> Path:
-    """A minimal Debian (apt variant) with the package's dependencies and man-db, cached."""
-    key = hashlib.sha256("\0".join([SUITE, "package", *include]).encode()).hexdigest()[:16]
-    tarball = CACHE / f"debian-{SUITE}-package-{key}.tar"
-    if tarball.exists():
-        return tarball
-    CACHE.mkdir(parents=True, exist_ok=True)
-    partial = tarball.with_suffix(".partial.tar")
-    subprocess.run(["mmdebstrap", "--quiet", "--variant=apt", f"--include={','.join(include)}",
-                    SUITE, str(partial)], check=True, stdin=subprocess.DEVNULL)
-    partial.rename(tarball)
-    return tarball
 
 
 def in_tree(tree: Path, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -65,7 +52,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     deb = package.build(work / "dist")
     tree = work / "tree"
     tree.mkdir()
-    subprocess.run(["tar", "--extract", "--file", str(tree_tarball([*depends(deb), "man-db"])),
+    subprocess.run(["tar", "--extract", "--file", str(debian_tarball((*depends(deb), "man-db"))),
                     "--directory", str(tree)], check=True)
     shutil.copy(deb, tree / "tmp" / deb.name)
     in_tree(tree, "apt-get", "install", "--yes", "--quiet", f"/tmp/{deb.name}")
