@@ -25,3 +25,19 @@ def require(condition: bool, reason: str) -> None:
     if os.environ.get("CI") or os.environ.get("AMBER_REQUIRE_ALL"):
         pytest.fail(f"prerequisite missing under CI: {reason}")
     pytest.skip(reason)
+
+
+# A full run copies multi-GiB sparse images (root tests) and boots VMs from their own disks:
+# with less than this free they fail in confusing ways, so say so once, up front.
+FREE_SPACE_NEEDED = 10 << 30
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    import tempfile
+    base = Path(tempfile.gettempdir())
+    stats = os.statvfs(base)
+    free = stats.f_bavail * stats.f_frsize
+    if os.geteuid() == 0 and free < FREE_SPACE_NEEDED:
+        raise pytest.UsageError(
+            f"only {free >> 20} MiB free under {base}; the suite needs "
+            f"{FREE_SPACE_NEEDED >> 30} GiB (hint: remove old pytest-of-* directories there)")

@@ -95,6 +95,8 @@ def booted_like(pristine: Path, tmp_path: Path) -> Iterator[System]:
     finally:
         rootfs.unmount_all(system.mounts)
         subprocess.run(["losetup", "-d", str(device)], check=False)
+        # A full suite copies the image a hundred times: keep the disk it needs to one copy.
+        image.unlink(missing_ok=True)
         leftovers = subprocess.run(["findmnt", "-rn", "-o", "TARGET"], capture_output=True,
                                    text=True).stdout
         assert str(root) not in leftovers, f"mounts left behind under {root}"
