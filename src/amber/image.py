@@ -1,4 +1,7 @@
-"""`amber image build`: a bootable immutable Debian 12 system on a btrfs image file.
+"""`amber image build`: a bootable immutable Debian 12 system on a GPT disk image.
+
+The disk (amber.boot.disk) has a BIOS boot partition, an EFI system partition with GRUB for
+UEFI and BIOS, and the btrfs root with amber's layout, made on a loop device over partition 3.
 
 The slow part, the Debian root filesystem made by mmdebstrap, is cached as a tarball keyed by its
 inputs (suite, packages, dracut settings, the host's apt sources). Assembling an image from it
@@ -9,7 +12,9 @@ change to amber's own code rebuilds only that part.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
+import enum
 import hashlib
 import json
 import os
@@ -21,13 +26,15 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import amber
 from amber import layout, log
-from amber.boot import kernels
+from amber.boot import disk, grubenv, kernels, menu
 from amber.fleet import units
 from amber.log import ExitCode, die
 from amber.run import run
+from amber.snapshots import Store
 
 SUITE = "bookworm"
 BASE_PACKAGES = (
@@ -51,7 +58,7 @@ DPKG_OPTIONS = (
     "path-exclude=/usr/share/locale/*",
     "path-include=/usr/share/locale/locale.alias",
 )
-DEFAULT_SIZE = 4 << 30
+DEFAULT_SIZE = 4 << 30  # the whole disk
 # Room for btrfs metadata, a few transactions and the shared subvolumes, beyond the root itself.
 HEADROOM = 768 << 20
 IMAGE_INFO_PATH = "usr/share/amber/image.json"
@@ -63,6 +70,18 @@ TOOLS = {
     "mount": "mount",
     "tar": "tar",
 }
+
+
+class ImageFormat(enum.StrEnum):
+    RAW = "raw"
+    QCOW2 = "qcow2"
+
+
+# Every boot ends a panic by a reboot after this many seconds, instead of hanging.
+PANIC_SECONDS = 5
+ESP_MOUNT = "/boot/efi"
+# A format number of the whole image: a change of the disk layout makes new cache keys.
+IMAGE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -82,6 +101,7 @@ class ImageSpec:
     kernel_cmdline: str = ""
     hostname: str = "amber"
     extra_files: tuple[ExtraFile, ...] = field(default=())
+    format: ImageFormat = ImageFormat.RAW
 
 
 @dataclass(frozen=True)
@@ -89,11 +109,17 @@ class BuiltImage:
     path: Path
     kernel_release: str
     cmdline: str
-    uuid: str
+    uuid: str  # of the btrfs root filesystem
+    format: ImageFormat = ImageFormat.RAW
+    esp_volume_id: str = ""  # the FAT volume id of the EFI system partition, "A3B1-C2D4"
+    geometry: disk.DiskLayout | None = None  # the partitions
 
-    def as_json(self) -> dict[str, str]:
-        return {"image": str(self.path), "kernel_release": self.kernel_release,
-                "cmdline": self.cmdline, "uuid": self.uuid}
+    def as_json(self) -> dict[str, Any]:
+        return {"image": str(self.path), "format": str(self.format),
+                "kernel_release": self.kernel_release, "cmdline": self.cmdline,
+                "uuid": self.uuid, "esp_volume_id": self.esp_volume_id,
+                "size": self.geometry.size if self.geometry else None,
+                "partitions": self.geometry.as_json() if self.geometry else None}
 
 
 # ---- pure logic ----------------------------------------------------------------------------
@@ -139,14 +165,15 @@ def packages(spec: ImageSpec) -> tuple[str, ...]:
 
 
 def kernel_cmdline(fs_uuid: str, extra: str = "") -> str:
-    # No subvol=: the kernel mounts the default subvolume, the snapshot that is to boot.
-    base = f"root=UUID={fs_uuid} rootfstype=btrfs ro console=ttyS0"
+    # No subvol=: the boot menu adds each snapshot's own rootflags=subvol=; without it (another
+    # bootloader) the kernel mounts the default subvolume, the snapshot that is to boot.
+    base = f"root=UUID={fs_uuid} rootfstype=btrfs ro console=ttyS0 panic={PANIC_SECONDS}"
     return f"{base} {extra}".strip()
 
 
-def render_fstab(fs_uuid: str) -> str:
+def render_fstab(fs_uuid: str, esp_volume_id: str) -> str:
     source = f"UUID={fs_uuid}"
-    lines = ["# Written by amber image build. / is the default subvolume, mounted read-only.",
+    lines = ["# Written by amber image build. / is the booted snapshot, mounted read-only.",
              f"{source} / btrfs ro 0 0",
              f"{source} /.snapshots btrfs subvol={layout.CONTAINER}/.snapshots 0 0"]
     # With / read-only, the first writable mount switches the filesystem to read-write; two
@@ -155,6 +182,8 @@ def render_fstab(fs_uuid: str) -> str:
     for name in layout.SHARED_SUBVOLUMES:
         lines.append(f"{source} /{name} btrfs subvol={layout.CONTAINER}/{name},{after} 0 0")
     lines.append("tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0")
+    # nofail: a system whose ESP is damaged still boots (GRUB has already run by then).
+    lines.append(f"UUID={esp_volume_id} {ESP_MOUNT} vfat umask=0077,nofail 0 2")
     return "\n".join(lines) + "\n"
 
 
@@ -188,7 +217,7 @@ def image_key(spec: ImageSpec, sources: str, amber_deb: Path) -> str:
     extras = [(f.path, f.content, f.mode, f.link_to) for f in spec.extra_files]
     inputs = {"rootfs": rootfs_key(spec, sources), "amber": file_hash(amber_deb),
               "size": spec.size, "cmdline": spec.kernel_cmdline, "hostname": spec.hostname,
-              "extras": extras}
+              "extras": extras, "format": str(spec.format), "image_format": IMAGE_FORMAT}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -202,11 +231,12 @@ def find_kernel_release(rootfs: Path) -> str:
 
 # ---- checks --------------------------------------------------------------------------------
 
-def check_host() -> None:
+def check_host(image_format: ImageFormat = ImageFormat.RAW) -> None:
     if os.geteuid() != 0:
         die("amber image build must run as root",
-            hint="it creates a filesystem and mounts it: run it with sudo",
+            hint="it creates a filesystem and mounts it: run it as root",
             code=ExitCode.ENVIRONMENT)
+    disk.check_host(qcow2=image_format is ImageFormat.QCOW2)
     for tool, package in TOOLS.items():
         if shutil.which(tool) is None:
             die(f"{tool} is not installed", hint=f"install the package {package}",
@@ -231,10 +261,13 @@ def btrfs_supported(filesystems: Path = Path("/proc/filesystems")) -> bool:
 
 def check_size(spec: ImageSpec, rootfs_bytes: int) -> None:
     needed = rootfs_bytes + HEADROOM
-    if spec.size < needed:
-        die(f"an image of {format_size(spec.size)} is too small for this system: "
-            f"it needs at least {format_size(needed)}",
-            hint=f"pass --size {(needed >> 30) + 1}G or more", code=ExitCode.NO_SPACE)
+    root = disk.DiskLayout.for_size(spec.size).root.size
+    if root < needed:
+        boot = spec.size - root
+        die(f"an image of {format_size(spec.size)} is too small for this system: its root "
+            f"partition needs at least {format_size(needed)} (and the boot partitions "
+            f"{format_size(boot)})",
+            hint=f"pass --size {((needed + boot) >> 30) + 1}G or more", code=ExitCode.NO_SPACE)
 
 
 def check_free_space(directory: Path, needed: int) -> None:
@@ -281,9 +314,13 @@ def rootfs_tarball(spec: ImageSpec, cache_dir: Path) -> Path:
 # ---- assembly ------------------------------------------------------------------------------
 
 @contextlib.contextmanager
-def attached(image: Path, read_only: bool = False) -> Iterator[Path]:
-    """The image file on a loop device, detached again on every path."""
+def attached(image: Path, read_only: bool = False,
+             part: disk.Partition | None = None) -> Iterator[Path]:
+    """The image file, or one partition of it, on a loop device, detached again on every path.
+    (A partition by its offset: loop devices of this kind make no partition nodes everywhere.)"""
     options = ["--read-only"] if read_only else []
+    if part is not None:
+        options += ["--offset", str(part.offset), "--sizelimit", str(part.size)]
     device = run(["losetup", "--find", "--show", *options, str(image)],
                  capture=True, code=ExitCode.ENVIRONMENT).stdout.strip()
     try:
@@ -389,8 +426,10 @@ compress="cat"
 REGENERATE_CONF_PATH = "etc/dracut.conf.d/20-amber-regenerate.conf"
 
 
-def configure(rootfs: Path, spec: ImageSpec, fs_uuid: str, info: dict[str, str]) -> None:
-    (rootfs / "etc/fstab").write_text(render_fstab(fs_uuid))
+def configure(rootfs: Path, spec: ImageSpec, fs_uuid: str, esp_volume_id: str,
+              info: dict[str, str]) -> None:
+    (rootfs / "etc/fstab").write_text(render_fstab(fs_uuid, esp_volume_id))
+    (rootfs / ESP_MOUNT.lstrip("/")).mkdir(parents=True, exist_ok=True)
     (rootfs / REGENERATE_CONF_PATH).write_text(REGENERATE_CONF)
     (rootfs / "etc/hostname").write_text(f"{spec.hostname}\n")
     (rootfs / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {spec.hostname}\n")
@@ -408,36 +447,51 @@ def configure(rootfs: Path, spec: ImageSpec, fs_uuid: str, info: dict[str, str])
 
 def assemble(image: Path, spec: ImageSpec, tarball: Path, amber_deb: Path) -> BuiltImage:
     fs_uuid = str(uuid.uuid4())
+    esp_volume_id = disk.new_volume_id()
+    geometry = disk.DiskLayout.for_size(spec.size)
     with open(image, "wb") as f:
-        f.truncate(spec.size)
-    run(["mkfs.btrfs", "--quiet", "--force", "--label", "amber", "--uuid", fs_uuid, str(image)],
-        capture=True, code=ExitCode.ENVIRONMENT)
-    with attached(image) as device, mounted(device, "compress=zstd:1") as top:
-        rootfs = layout.create_skeleton(top)
-        log.step("Extracting the root filesystem into snapshot 1")
-        result = run(["tar", "--extract", "--file", str(tarball), "--directory", str(rootfs),
-                      "--numeric-owner", "--preserve-permissions", "--xattrs",
-                      "--xattrs-include=*"], check=False, capture=True)
-        if result.returncode != 0:
-            if "No space left" in result.stderr:
-                die(f"{image} is too small: the root filesystem does not fit",
-                    hint="pass a larger --size", code=ExitCode.NO_SPACE)
-            die(f"extracting {tarball} failed: {result.stderr.strip()[-300:]}",
-                hint="delete the cached tarball and build again")
-        release = find_kernel_release(rootfs)
-        cmdline = kernel_cmdline(fs_uuid, spec.kernel_cmdline)
-        info = {"kernel_release": release, "cmdline": cmdline, "uuid": fs_uuid,
-                "suite": SUITE, "amber_version": amber.__version__,
-                "built": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
-        log.step(f"Configuring the system (kernel {release}) and installing amber")
-        configure(rootfs, spec, fs_uuid, info)
-        install_amber(rootfs, amber_deb)
-        for extra in spec.extra_files:
-            write_extra_file(rootfs, extra)
-        units.enable(rootfs)  # the update timer, as the image's amber.conf asks (issue 13)
-        log.step("Splitting off the shared subvolumes and closing snapshot 1")
-        layout.finish(top)
-    return BuiltImage(image, release, cmdline, fs_uuid)
+        f.truncate(geometry.size)
+    log.step("Partitioning the disk, installing GRUB for UEFI and BIOS")
+    disk.write(image, geometry, fs_uuid, esp_volume_id, grubenv.render({}))
+    with attached(image, part=geometry.root) as device:
+        run(["mkfs.btrfs", "--quiet", "--force", "--label", "amber", "--uuid", fs_uuid,
+             str(device)], capture=True, code=ExitCode.ENVIRONMENT)
+        with mounted(device, "compress=zstd:1") as top:
+            release, cmdline = fill_root(top, spec, tarball, amber_deb, fs_uuid, esp_volume_id)
+    return BuiltImage(image, release, cmdline, fs_uuid, spec.format, esp_volume_id, geometry)
+
+
+def fill_root(top: Path, spec: ImageSpec, tarball: Path, amber_deb: Path, fs_uuid: str,
+              esp_volume_id: str) -> tuple[str, str]:
+    """Snapshot 1 from the tarball, configured, closed, and the first boot menu; returns the
+    kernel release and the command line."""
+    rootfs = layout.create_skeleton(top)
+    log.step("Extracting the root filesystem into snapshot 1")
+    result = run(["tar", "--extract", "--file", str(tarball), "--directory", str(rootfs),
+                  "--numeric-owner", "--preserve-permissions", "--xattrs",
+                  "--xattrs-include=*"], check=False, capture=True)
+    if result.returncode != 0:
+        if "No space left" in result.stderr:
+            die("the image is too small: the root filesystem does not fit",
+                hint="pass a larger --size", code=ExitCode.NO_SPACE)
+        die(f"extracting {tarball} failed: {result.stderr.strip()[-300:]}",
+            hint="delete the cached tarball and build again")
+    release = find_kernel_release(rootfs)
+    cmdline = kernel_cmdline(fs_uuid, spec.kernel_cmdline)
+    info = {"kernel_release": release, "cmdline": cmdline, "uuid": fs_uuid,
+            "esp_volume_id": esp_volume_id, "suite": SUITE,
+            "amber_version": amber.__version__,
+            "built": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    log.step(f"Configuring the system (kernel {release}) and installing amber")
+    configure(rootfs, spec, fs_uuid, esp_volume_id, info)
+    install_amber(rootfs, amber_deb)
+    for extra in spec.extra_files:
+        write_extra_file(rootfs, extra)
+    units.enable(rootfs)  # the update timer, as the image's amber.conf asks (issue 13)
+    log.step("Splitting off the shared subvolumes and closing snapshot 1")
+    layout.finish(top)
+    menu.install(Store(top / layout.CONTAINER))
+    return release, cmdline
 
 
 def info_path(image: Path) -> Path:
@@ -447,7 +501,7 @@ def info_path(image: Path) -> Path:
 def build(image: Path, spec: ImageSpec, cache_dir: Path = DEFAULT_CACHE_DIR,
           amber_deb: Path | None = None) -> BuiltImage:
     """Build image; on failure nothing is left behind but the cache."""
-    check_host()
+    check_host(spec.format)
     image = image.absolute()
     if not image.parent.is_dir():
         die(f"cannot create {image}: {image.parent} is not a directory",
@@ -455,16 +509,26 @@ def build(image: Path, spec: ImageSpec, cache_dir: Path = DEFAULT_CACHE_DIR,
     deb = find_package(amber_deb)
     tarball = rootfs_tarball(spec, cache_dir)
     check_size(spec, tarball.stat().st_size)
-    check_free_space(image.parent, tarball.stat().st_size + HEADROOM)
+    # A qcow2 image is converted from a raw disk next to it: room for both.
+    copies = 2 if spec.format is ImageFormat.QCOW2 else 1
+    check_free_space(image.parent, copies * (tarball.stat().st_size + HEADROOM))
     partial = image.with_name(f".{image.name}.{os.getpid()}.partial")
+    raw = partial.with_suffix(".raw") if spec.format is ImageFormat.QCOW2 else partial
     try:
-        built = assemble(partial, spec, tarball, deb)
+        built = assemble(raw, spec, tarball, deb)
+        if spec.format is ImageFormat.QCOW2:
+            log.step("Converting the disk to qcow2")
+            run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(partial)], capture=True,
+                where="while converting the disk to qcow2", code=ExitCode.ENVIRONMENT)
+            raw.unlink()
         os.rename(partial, image)
     finally:
+        raw.unlink(missing_ok=True)
         partial.unlink(missing_ok=True)
-    built = BuiltImage(image, built.kernel_release, built.cmdline, built.uuid)
+    built = dataclasses.replace(built, path=image)
     info_path(image).write_text(json.dumps(built.as_json(), indent=2) + "\n")
-    log.step(f"Built {image} ({format_size(spec.size)}, kernel {built.kernel_release})")
+    log.step(f"Built {image} ({spec.format}, {format_size(spec.size)}, "
+             f"kernel {built.kernel_release})")
     return built
 
 
@@ -472,7 +536,20 @@ def read_info(image: Path) -> BuiltImage:
     path = info_path(image)
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        geometry = disk.DiskLayout.for_size(int(data["size"]))
+        return BuiltImage(image, data["kernel_release"], data["cmdline"], data["uuid"],
+                          ImageFormat(data["format"]), data["esp_volume_id"], geometry)
+    except (OSError, ValueError, KeyError, TypeError) as e:
         die(f"cannot read {path}: {e}", hint="build the image with 'amber image build'",
             code=ExitCode.NOT_FOUND)
-    return BuiltImage(image, data["kernel_release"], data["cmdline"], data["uuid"])
+
+
+@contextlib.contextmanager
+def attached_root(image: Path, read_only: bool = False) -> Iterator[Path]:
+    """The btrfs root partition of a raw image built by amber, on a loop device."""
+    built = read_info(image)
+    if built.format is not ImageFormat.RAW or built.geometry is None:
+        die(f"{image} is a {built.format} image", hint="attach a raw image",
+            code=ExitCode.USAGE)
+    with attached(image, read_only=read_only, part=built.geometry.root) as device:
+        yield device

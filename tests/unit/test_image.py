@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from amber.image import ExtraFile, ImageSpec
 from amber.log import AmberError, ExitCode
 
 UUID = "0f3b1c2e-8d4a-4c55-9a0e-5b7c1d2e3f40"
+ESP_ID = "A3B1-C2D4"
 
 
 @pytest.mark.parametrize(("text", "size"), [
@@ -44,7 +46,7 @@ def test_packages_include_base_and_extras_once() -> None:
 
 
 def test_fstab_mounts_root_read_only_without_subvol() -> None:
-    lines = [line.split() for line in image.render_fstab(UUID).splitlines()
+    lines = [line.split() for line in image.render_fstab(UUID, ESP_ID).splitlines()
              if not line.startswith("#")]
     by_place = {fields[1]: fields for fields in lines}
     assert by_place["/"] == [f"UUID={UUID}", "/", "btrfs", "ro", "0", "0"]
@@ -54,12 +56,14 @@ def test_fstab_mounts_root_read_only_without_subvol() -> None:
         assert by_place[f"/{name}"][3].split(",") == [
             f"subvol=@/{name}", "x-systemd.requires-mounts-for=/.snapshots"]
     assert by_place["/tmp"][2] == "tmpfs"
+    assert by_place["/boot/efi"] == [f"UUID={ESP_ID}", "/boot/efi", "vfat", "umask=0077,nofail",
+                                     "0", "2"]
 
 
 def test_kernel_cmdline_boots_the_default_subvolume() -> None:
     cmdline = image.kernel_cmdline(UUID, "quiet")
     assert cmdline.split() == [f"root=UUID={UUID}", "rootfstype=btrfs", "ro", "console=ttyS0",
-                               "quiet"]
+                               "panic=5", "quiet"]
     assert "subvol" not in image.kernel_cmdline(UUID)
 
 
@@ -86,6 +90,8 @@ def test_image_key_follows_amber_package(tmp_path: Path) -> None:
     extra = dataclasses.replace(spec, extra_files=(ExtraFile("/etc/x", "1"),))
     assert image.image_key(extra, "s", deb) != changed
     assert image.image_key(dataclasses.replace(spec, size=1 << 30), "s", deb) != changed
+    qcow2 = dataclasses.replace(spec, format=image.ImageFormat.QCOW2)
+    assert image.image_key(qcow2, "s", deb) != changed
 
 
 def test_package_is_found_in_the_checkout_and_must_be_fresh(
@@ -129,7 +135,25 @@ def test_size_check_names_the_minimum() -> None:
     with pytest.raises(AmberError) as e:
         image.check_size(ImageSpec(size=1 << 30), 900 << 20)
     assert e.value.code == ExitCode.NO_SPACE and "--size 2G" in (e.value.hint or "")
+    assert "root partition" in e.value.message
     image.check_size(ImageSpec(size=4 << 30), 900 << 20)
+    # The boot partitions count: a root that fits the whole disk but not its partition.
+    with pytest.raises(AmberError):
+        image.check_size(ImageSpec(size=1700 << 20), 900 << 20)
+
+
+def test_built_image_json_round_trips(tmp_path: Path) -> None:
+    from amber.boot.disk import DiskLayout
+
+    path = tmp_path / "x.img"
+    built = image.BuiltImage(path, "6.1.0-9-amd64", "root=UUID=x", UUID,
+                             image.ImageFormat.QCOW2, ESP_ID, DiskLayout.for_size(4 << 30))
+    data = built.as_json()
+    assert data["format"] == "qcow2" and data["esp_volume_id"] == ESP_ID
+    root = DiskLayout.for_size(4 << 30).root
+    assert data["partitions"]["root"] == {"number": 3, "offset": 266240 * 512, "size": root.size}
+    image.info_path(path).write_text(json.dumps(data))
+    assert image.read_info(path) == built
 
 
 def test_btrfs_supported(tmp_path: Path) -> None:
@@ -154,5 +178,7 @@ def test_cli_parses_image_build() -> None:
 
     args = build_parser().parse_args(["image", "build", "/tmp/x.img", "--size", "8G",
                                       "--include", "vim,less", "--kernel-cmdline", "quiet"])
-    assert (args.image, args.size, args.include, args.kernel_cmdline) == (
-        Path("/tmp/x.img"), "8G", ["vim,less"], "quiet")
+    assert (args.image, args.size, args.include, args.kernel_cmdline, args.format) == (
+        Path("/tmp/x.img"), "8G", ["vim,less"], "quiet", "raw")
+    args = build_parser().parse_args(["image", "build", "x.qcow2", "--format", "qcow2"])
+    assert image.ImageFormat(args.format) is image.ImageFormat.QCOW2

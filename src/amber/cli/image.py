@@ -14,7 +14,8 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
     spec = image.ImageSpec(size=image.parse_size(args.size),
                            include=image.parse_packages(args.include),
-                           kernel_cmdline=args.kernel_cmdline)
+                           kernel_cmdline=args.kernel_cmdline,
+                           format=image.ImageFormat(args.format))
     built = image.build(args.image, spec, cache_dir=args.cache_dir, amber_deb=args.amber_deb)
     if args.json:
         print_json(built.as_json())
@@ -25,13 +26,18 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
     p = sub.add_parser("image", help="build a bootable immutable Debian image")
     image_sub = p.add_subparsers(dest="image_verb", metavar="VERB", required=True)
     b = image_sub.add_parser(
-        "build", help="build a bootable immutable Debian 12 system on a btrfs image file",
-        description="Build IMAGE: a btrfs filesystem with Debian 12 in snapshot 1 (the default "
+        "build", help="build a bootable immutable Debian 12 system on a disk image",
+        description="Build IMAGE: a GPT disk with GRUB for UEFI and BIOS on its EFI system "
+                    "partition and a btrfs root with Debian 12 in snapshot 1 (the default "
                     "subvolume, read-only), shared writable subvolumes and amber installed. "
                     "The Debian root filesystem is cached by its inputs.")
     common(b)
     b.add_argument("image", type=Path, metavar="IMAGE", help="the image file to create")
-    b.add_argument("--size", default="4G", help="size of the image file (default: 4G)")
+    b.add_argument("--size", default="4G",
+                   help="size of the disk, boot partitions included (default: 4G)")
+    b.add_argument("--format", choices=["raw", "qcow2"], default="raw",
+                   help="raw: a disk to write to a drive as it is; qcow2: for qemu and libvirt "
+                        "(needs qemu-img) (default: raw)")
     b.add_argument("--include", action="append", default=[], metavar="PKG,...",
                    help="extra Debian packages to install (repeatable)")
     b.add_argument("--kernel-cmdline", default="", metavar="ARGS",
