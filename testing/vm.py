@@ -1,30 +1,38 @@
 """A VM harness for tests, the demo and people: boot an amber image in qemu and talk to it.
 
-The harness is the bootloader, as SUSE's GRUB is: before each boot it reads the kernel, the
-initrd and /etc/kernel/cmdline of the *default* snapshot from the stopped disk, and boots them
-with no subvol= on the command line, so the kernel mounts the default subvolume.
+The VM boots like a machine: through firmware (OVMF for UEFI, qemu's SeaBIOS for BIOS) and the
+image's own GRUB, which boots the snapshot amber's menu names; a reboot the guest starts itself
+(`systemctl reboot`, a panic with panic=) goes through firmware and GRUB again, with no help
+from the harness. The serial console is a unix socket with a log file: the harness records every
+boot's console and can send keys to GRUB's menu. Only the boot benchmark boots "direct": qemu
+loads the kernel and initrd of the menu's default entry itself (read off the stopped disk with
+grub-fstest, as GRUB would read them), to measure what firmware and GRUB cost.
 
 The host talks to a small agent in the guest (testing/agent.py, copied into test images only,
 never into a user image) over qemu's user network, forwarded from 127.0.0.1 only. One TCP
 connection runs one command; frames carry stdin, stdout, stderr and the exit code, binary-safe.
 
 Everything lives in a state folder: the cached images, the running disk (a sparse copy of the
-image: the host filesystem may have no reflinks, and the harness must read the disk between
-boots), the boot files, the console log of the current boot and vm.json (qemu's pid, the port).
+image), the firmware's variables (UEFI), the console log of every boot since the start, the
+serial socket and vm.json (qemu's pid, the port, the firmware, the boots so far).
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
+import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -38,6 +46,26 @@ BOOT_TIMEOUT = float(os.environ.get("AMBER_TESTVM_BOOT_TIMEOUT", "300"))
 MEMORY = os.environ.get("AMBER_TESTVM_MEMORY", "1024")
 CPUS = os.environ.get("AMBER_TESTVM_CPUS", "2")
 IMAGE_SIZE = 4 << 30
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS.fd")
+MENU = "(loop0,gpt3)/@/.snapshots/.amber/menu.cfg"  # grub-fstest's name of the root partition
+DEFAULT_ENTRY = "amber-default"
+# GRUB takes a key as soon as it comes; these pauses leave its menu time to redraw.
+KEY_PAUSE = 1.0
+
+
+class Firmware(enum.StrEnum):
+    UEFI = "uefi"
+    BIOS = "bios"
+    DIRECT = "direct"  # no firmware boot: the baseline of the boot benchmark only
+
+
+@dataclass(frozen=True)
+class Boot:
+    """One boot to a ready agent: the guest's boot id, seconds from power-on or reboot."""
+
+    boot_id: str
+    seconds: float
 
 
 def default_state() -> Path:
@@ -117,54 +145,49 @@ class GuestCommandFailed(AmberError):
                          code=ExitCode.STEP_FAILED)
 
 
-@dataclass(frozen=True)
-class BootFiles:
-    kernel: Path
-    initrd: Path
-    cmdline: str
-    default: str  # the default subvolume's path, e.g. @/.snapshots/1/snapshot
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _resolve_in(root: Path, link: Path) -> Path:
-    """Follow a symbolic link inside root as if root were /."""
-    path = link
-    for _ in range(10):
-        if not path.is_symlink():
-            return path
-        target = Path(os.readlink(path))
-        path = root / target.relative_to("/") if target.is_absolute() else path.parent / target
-    die(f"too many symbolic links at {link}")
+def default_entry(menu: str) -> tuple[str, str, str]:
+    """The kernel, initrd and command line of the menu's default entry (amber writes literal
+    values into each entry)."""
+    block = re.search(r"--id\s+" + DEFAULT_ENTRY + r"\s*\{(.*?)\n\s*\}", menu, re.S)
+    linux = re.search(r"^\s*linux\s+(\S+)\s*(.*)$", block.group(1), re.M) if block else None
+    initrd = re.search(r"^\s*initrd\s+(\S+)", block.group(1), re.M) if block else None
+    if linux is None or initrd is None:
+        die(f"the boot menu has no entry {DEFAULT_ENTRY} with linux and initrd",
+            hint="the image's boot menu is missing or not amber's", code=ExitCode.NOT_FOUND)
+    return linux.group(1), initrd.group(1), linux.group(2).strip()
 
 
-def read_boot_files(disk: Path, dest: Path) -> BootFiles:
-    """Copy the default snapshot's kernel and initrd out of a stopped disk, as GRUB reads them."""
-    from amber import btrfs
-    from amber.image import IMAGE_INFO_PATH, attached, mounted
+def read_default_boot(disk: Path, dest: Path) -> tuple[Path, Path, str]:
+    """Copy the kernel and initrd of the menu's default entry out of a stopped disk, with
+    GRUB's own reader (it sees the disk as GRUB does: the committed btrfs tree)."""
+    def fstest(*args: str) -> str:
+        result = subprocess.run(["grub-fstest", str(disk), *args], capture_output=True,
+                                text=True)
+        if result.returncode != 0:
+            die(f"grub-fstest {' '.join(args)} failed: {result.stderr.strip()}",
+                hint="is grub-common installed, is the disk amber's?",
+                code=ExitCode.ENVIRONMENT)
+        return result.stdout
 
+    kernel, initrd, cmdline = default_entry(fstest("cat", MENU))
     dest.mkdir(parents=True, exist_ok=True)
-    # nologreplay: a disk after a power cut is read as it is, without changing it.
-    with attached(disk, read_only=True) as device, mounted(device, "ro,rescue=nologreplay") as root:
-        kernel = _resolve_in(root, root / "vmlinuz")
-        initrd = _resolve_in(root, root / "initrd.img")
-        if not kernel.is_file() or not initrd.is_file():
-            die(f"the default snapshot of {disk} has no /vmlinuz or /initrd.img",
-                hint="the default snapshot is not bootable; rebuild the image",
-                code=ExitCode.NOT_FOUND)
-        cmdline_file = root / "etc/kernel/cmdline"
-        if cmdline_file.is_file():
-            cmdline = cmdline_file.read_text().strip()
-        else:
-            cmdline = json.loads((root / IMAGE_INFO_PATH).read_text())["cmdline"]
-        default = btrfs.subvolume_path(root)
-        shutil.copyfile(kernel, dest / "vmlinuz")
-        shutil.copyfile(initrd, dest / "initrd.img")
-    return BootFiles(dest / "vmlinuz", dest / "initrd.img", cmdline, default)
+    fstest("cp", f"(loop0,gpt3){kernel}", str(dest / "vmlinuz"))
+    fstest("cp", f"(loop0,gpt3){initrd}", str(dest / "initrd.img"))
+    return dest / "vmlinuz", dest / "initrd.img", cmdline
+
+
+def check_firmware() -> None:
+    for path in (OVMF_CODE, OVMF_VARS):
+        if not path.is_file():
+            die(f"{path} is missing: no UEFI firmware for the VM",
+                hint="install ovmf (apt-get install --no-install-recommends ovmf), or boot "
+                     "with --firmware bios", code=ExitCode.ENVIRONMENT)
 
 
 def console_tail(log: Path, lines: int = 25) -> str:
@@ -182,6 +205,16 @@ class VM:
         self.disk = self.state / "disk.raw"
         self.console = self.state / "console.log"
         self.state_file = self.state / "vm.json"
+        self.vars = self.state / "OVMF_VARS.fd"
+
+    @property
+    def serial_socket(self) -> Path:
+        """The serial console's socket (a unix socket path has at most 107 bytes)."""
+        path = self.state / "serial.sock"
+        if len(str(path)) < 100:
+            return path
+        digest = hashlib.sha256(str(self.state).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"amber-testvm-{digest}.sock"
 
     # -- image --
 
@@ -233,6 +266,9 @@ class VM:
     def _save(self, data: dict[str, Any]) -> None:
         self.state_file.write_text(json.dumps(data, indent=2) + "\n")
 
+    def _update(self, **values: Any) -> None:
+        self._save({**self._load(), **values})
+
     def _pid(self) -> int | None:
         pid = self._load().get("pid")
         if not isinstance(pid, int):
@@ -255,7 +291,16 @@ class VM:
 
     # -- lifecycle --
 
-    def start(self, append: str = "") -> float:
+    @property
+    def firmware(self) -> Firmware:
+        return Firmware(self._load().get("firmware", Firmware.UEFI))
+
+    @property
+    def boots(self) -> list[Boot]:
+        """Every boot since start, oldest first."""
+        return [Boot(b["boot_id"], b["seconds"]) for b in self._load().get("boots", [])]
+
+    def start(self, firmware: Firmware = Firmware.UEFI) -> float:
         """Boot a fresh copy of the test image; returns the seconds until the agent answered."""
         image = self.build()
         self.kill()
@@ -263,46 +308,73 @@ class VM:
         step("Copying the test image")
         self.disk.unlink(missing_ok=True)
         subprocess.run(["cp", "--sparse=always", str(image), str(self.disk)], check=True)
-        self._save({"append": append})
-        return self._boot()
+        self.console.unlink(missing_ok=True)
+        if firmware is Firmware.UEFI:
+            check_firmware()
+            shutil.copyfile(OVMF_VARS, self.vars)  # the VM's own, writable NVRAM
+        self._save({"firmware": str(firmware), "boots": []})
+        return self._power_on()
 
-    def _boot(self) -> float:
-        data = self._load()
-        boot = read_boot_files(self.disk, self.state / "boot")
-        cmdline = f"{boot.cmdline} {data.get('append', '')}".strip()
-        port = free_port()
+    def qemu_argv(self, port: int) -> list[str]:
+        firmware = self.firmware
         argv = ["qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-m", MEMORY,
-                "-smp", CPUS,
-                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-                "-kernel", str(boot.kernel), "-initrd", str(boot.initrd), "-append", cmdline,
+                "-smp", CPUS, "-nodefaults", "-no-user-config", "-display", "none",
                 "-drive", f"file={self.disk},format=raw,if=virtio,cache=unsafe",
                 "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:{AGENT_PORT}",
                 "-device", "virtio-net-pci,netdev=net0",
-                "-serial", f"file:{self.console}"]
-        step(f"Booting {boot.default} (kernel command line: {cmdline})")
+                # The log keeps every boot's console, across power cuts too (logappend).
+                "-chardev", f"socket,id=ser0,path={self.serial_socket},server=on,wait=off,"
+                            f"logfile={self.console},logappend=on",
+                "-serial", "chardev:ser0"]
+        if firmware is Firmware.UEFI:
+            argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
+                     "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}"]
+        elif firmware is Firmware.DIRECT:
+            kernel, initrd, cmdline = read_default_boot(self.disk, self.state / "boot")
+            argv += ["-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline]
+        return argv
+
+    def _power_on(self) -> float:
+        """Start qemu on the disk and wait for the agent."""
+        self.serial_socket.unlink(missing_ok=True)
+        port = free_port()
+        argv = self.qemu_argv(port)
+        step(f"Booting the VM ({self.firmware})")
         with open(self.state / "qemu.log", "wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     start_new_session=True)
         began = time.monotonic()
-        data.update(pid=proc.pid, port=port, booted=boot.default, cmdline=cmdline)
-        self._save(data)
-        self._wait_ready(proc, port)
+        self._update(pid=proc.pid, port=port)
+        return self._wait_booted(began, previous=None)
+
+    def _wait_booted(self, began: float, previous: str | None) -> float:
+        """Wait until the agent answers from a boot other than `previous`; record that boot."""
+        boot_id = self._wait_ready(previous)
         seconds = time.monotonic() - began
+        data = self._load()
+        data.setdefault("boots", []).append({"boot_id": boot_id, "seconds": round(seconds, 2)})
+        self._save(data)
         step(f"The VM is ready after {seconds:.1f} s")
         return seconds
 
-    def _wait_ready(self, proc: subprocess.Popen[bytes], port: int) -> None:
+    def _wait_ready(self, previous: str | None) -> str:
+        pid, port = self._load().get("pid"), self._load().get("port")
+        assert isinstance(pid, int) and isinstance(port, int)
         deadline = time.monotonic() + BOOT_TIMEOUT
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
+            if self._pid() is None:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
                 qemu = (self.state / "qemu.log").read_text(errors="replace").strip()
-                die(f"the VM stopped while booting (qemu exit code {proc.returncode}"
-                    + (f": {qemu}" if qemu else "") + "); console:\n"
-                    + console_tail(self.console), hint=f"full console log: {self.console}",
-                    code=ExitCode.ENVIRONMENT)
+                die("the VM stopped while booting" + (f" (qemu: {qemu})" if qemu else "")
+                    + "; console:\n" + console_tail(self.console),
+                    hint=f"full console log: {self.console}", code=ExitCode.ENVIRONMENT)
             with contextlib.suppress(OSError, ConnectionError, ValueError):
-                if self._call(port, ["true"], None, b"", None, 5.0).code == 0:
-                    return
+                result = self._call(port, ["cat", "/proc/sys/kernel/random/boot_id"], None, b"",
+                                    None, 5.0)
+                boot_id = result.out.strip()
+                if result.code == 0 and boot_id and boot_id != previous:
+                    return boot_id
             time.sleep(1)
         self.kill()
         die(f"the VM did not become ready within {BOOT_TIMEOUT:.0f} s; console:\n"
@@ -331,30 +403,86 @@ class VM:
         """Stop the VM and drop its disk (every start boots a fresh copy of the image)."""
         self.kill()
         self.disk.unlink(missing_ok=True)
+        self.serial_socket.unlink(missing_ok=True)
+
+    def boot_id(self) -> str:
+        return self.exec(["cat", "/proc/sys/kernel/random/boot_id"]).out.strip()
 
     def reboot(self) -> float:
-        """Power the guest off cleanly, then boot the (possibly new) default snapshot."""
-        pid = self._pid()
-        if pid is None:
-            die("the test VM is not running", hint="start it with 'tools/testvm start'",
-                code=ExitCode.NOT_FOUND)
-        step("Powering the VM off")
+        """`systemctl reboot` in the guest, which goes through firmware and GRUB by itself;
+        returns the seconds until the agent answered from the new boot."""
+        self._port()
+        previous = self.boot_id()
+        step("Rebooting the VM (systemctl reboot in the guest)")
+        began = time.monotonic()
+        # The agent may die with the guest before it answers.
         with contextlib.suppress(AmberError, OSError, ConnectionError):
-            self.exec(["systemctl", "poweroff"], check=False, timeout=30)
-        if not self._wait_exit(pid, 120):
-            self.kill()
-            die("the VM did not power off within 120 s; it was killed", hint=(
-                f"see the console log {self.console}"), code=ExitCode.ENVIRONMENT)
-        return self._boot()
+            self.exec(["systemctl", "reboot"], check=False, timeout=30)
+        return self._wait_booted(began, previous)
+
+    def wait_reboot(self, previous: str) -> float:
+        """Wait for a reboot the guest makes by itself (a panic, a watchdog), after `previous`."""
+        began = time.monotonic()
+        return self._wait_booted(began, previous)
 
     def powercut(self) -> float:
-        """Kill qemu as a power failure would, then boot again."""
-        if self._pid() is None:
-            die("the test VM is not running", hint="start it with 'tools/testvm start'",
-                code=ExitCode.NOT_FOUND)
+        """Kill qemu as a power failure would, then power on again on the same disk."""
+        self._port()
         step("Cutting the power")
         self.kill()
-        return self._boot()
+        return self._power_on()
+
+    # -- the serial console --
+
+    def console_text(self, since: int = 0) -> str:
+        """The console log from byte `since` on (GRUB's and the kernel's output, every boot)."""
+        try:
+            with open(self.console, "rb") as f:
+                f.seek(since)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def console_size(self) -> int:
+        try:
+            return self.console.stat().st_size
+        except OSError:
+            return 0
+
+    def wait_console(self, pattern: str, timeout: float = 120, since: int = 0) -> re.Match[str]:
+        """Wait until the console log (from byte `since`) matches the regex `pattern`."""
+        compiled = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            match = compiled.search(self.console_text(since))
+            if match:
+                return match
+            if time.monotonic() > deadline:
+                raise AmberError(f"the console did not show {pattern!r} within {timeout:.0f} s;"
+                                 f" last lines:\n{console_tail(self.console)}",
+                                 hint=f"full console log: {self.console}",
+                                 code=ExitCode.ENVIRONMENT)
+            if self._pid() is None:
+                die(f"the VM stopped while waiting for {pattern!r} on its console",
+                    hint=f"full console log: {self.console}", code=ExitCode.ENVIRONMENT)
+            time.sleep(0.2)
+
+    def send_keys(self, keys: Iterable[bytes | str], pause: float = KEY_PAUSE) -> None:
+        """Type on the serial console, one key (or string) at a time with a pause after each.
+        For GRUB use single bytes: Ctrl-N (0x0e) down, Ctrl-P (0x10) up, CR (0x0d) enter
+        (an escape sequence can be split and read as a lone ESC)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(str(self.serial_socket))
+            sock.settimeout(0.05)
+            for key in keys:
+                sock.sendall(key.encode() if isinstance(key, str) else key)
+                # Read what the guest writes meanwhile (the log has it too): a full socket
+                # buffer would stall the guest's serial port.
+                until = time.monotonic() + pause
+                while time.monotonic() < until:
+                    with contextlib.suppress(TimeoutError, BlockingIOError):
+                        if not sock.recv(65536):
+                            break
 
     # -- commands --
 

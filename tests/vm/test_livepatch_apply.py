@@ -22,7 +22,7 @@ from amber.log import ExitCode
 from testing.livepatch_packages import build_livepatch_deb, build_livepatch_rpm
 from testing.modules import build
 from testing.vm import VM
-from tests.vm.conftest import amber_status, booted_vm
+from tests.vm.conftest import amber_status, boot_with_kernel_args, booted_vm
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "amber-livepatch-"
@@ -217,7 +217,9 @@ def test_power_cut_during_apply(story_vm: VM, files: dict[str, str]) -> None:
 @pytest.fixture(scope="module")
 def enforcing_vm(story_vm: VM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VM]:
     story_vm.stop()  # one VM at a time: memory and the two host cores
-    yield from booted_vm(tmp_path_factory, append="module.sig_enforce=1")
+    for vm in booted_vm(tmp_path_factory):
+        boot_with_kernel_args(vm, "module.sig_enforce=1")
+        yield vm
 
 
 def test_unsigned_refused_when_the_kernel_enforces_signatures(enforcing_vm: VM) -> None:
@@ -228,6 +230,7 @@ def test_unsigned_refused_when_the_kernel_enforces_signatures(enforcing_vm: VM) 
     local.mkdir(exist_ok=True)
     vm.put(build_livepatch_rpm(local, release, built["amber_lp_v1"], "1"), "/root/v1.rpm")
     vm.exec(["amber", "livepatch", "enable"])
+    before = snapshots(vm)  # 1, and 2 with module.sig_enforce=1
     assert_refused(vm, ["amber", "livepatch", "apply", "/root/v1.rpm"], ExitCode.SIGNATURE,
                    "signature rejected")
-    assert snapshots(vm) == [1]
+    assert snapshots(vm) == before == [1, 2]

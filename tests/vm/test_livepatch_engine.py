@@ -12,7 +12,7 @@ import pytest
 from amber.log import ExitCode
 from testing.modules import build
 from testing.vm import VM
-from tests.vm.conftest import booted_vm
+from tests.vm.conftest import boot_with_kernel_args, booted_vm
 
 REPO = Path(__file__).resolve().parents[2]
 MARKER = "amber-livepatch-"
@@ -142,7 +142,8 @@ def test_signature_enforced_by_the_kernel(tmp_path_factory: pytest.TempPathFacto
     keys = tmp_path_factory.mktemp("vm-key")
     key, cert = build.make_signing_key(keys, "amber key the kernel does not know")
     signed = build.sign(built["amber_lp_v1"], key, cert, keys / "amber_lp_v1.ko")
-    for enforcing in booted_vm(tmp_path_factory, "module.sig_enforce=1"):
+    for enforcing in booted_vm(tmp_path_factory):
+        boot_with_kernel_args(enforcing, "module.sig_enforce=1")
         enforcing.put(built["amber_lp_v1"], "/root/unsigned.ko")
         enforcing.put(signed, "/root/signed.ko")
         enforcing.exec(["amber", "livepatch", "enable"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from amber.image import attached, mounted
+from amber.image import attached_root, mounted
 from testing.vm import VM, default_state
 from tests.vm.conftest import vm_prerequisites
 from tools import package
@@ -25,7 +25,7 @@ def dpkg_query(root: Path, *args: str) -> str:
 def test_image_has_amber_from_its_package(tmp_path: Path) -> None:
     vm_prerequisites()
     image = VM(state=tmp_path / "vm", cache=default_state() / "cache").build()
-    with attached(image, read_only=True) as device, mounted(device, "ro") as root:
+    with attached_root(image, read_only=True) as device, mounted(device, "ro") as root:
         assert dpkg_query(root, "--search", "/usr/bin/amber") == "amber: /usr/bin/amber"
         assert dpkg_query(root, "--show", "--showformat=${Version} ${Status}", "amber") == \
             f"{package.checkout_version()} install ok installed"
@@ -49,7 +49,7 @@ def test_a_user_image_has_no_test_agent(tmp_path: Path) -> None:
     vm = VM(state=tmp_path / "vm", cache=default_state() / "cache")
     built = image.build(tmp_path / "user.img", image.ImageSpec(size=IMAGE_SIZE),
                         cache_dir=vm.cache, amber_deb=vm.amber_package())
-    with attached(built.path, read_only=True) as device, mounted(device, "ro") as root:
+    with attached_root(built.path, read_only=True) as device, mounted(device, "ro") as root:
         assert dpkg_query(root, "--search", "/usr/bin/amber") == "amber: /usr/bin/amber"
         assert not (root / "usr/lib/amber-test").exists()
         assert not list(root.glob("etc/systemd/system/**/amber-test*"))

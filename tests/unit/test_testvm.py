@@ -1,0 +1,40 @@
+"""The VM harness's pure parts: the direct boot reads the menu's default entry."""
+
+from __future__ import annotations
+
+import pytest
+
+from amber.log import AmberError, ExitCode
+from testing.vm import Firmware, default_entry
+
+MENU = """\
+set default=amber-default
+menuentry 'amber: snapshot 3 (default)' --id amber-default {
+  echo 'amber: booting snapshot 3'
+  linux /@/.snapshots/3/snapshot/boot/vmlinuz-6.1.0-9-amd64 root=UUID=x ro panic=5 rootflags=subvol=@/.snapshots/3/snapshot
+  initrd /@/.snapshots/3/snapshot/boot/initrd.img-6.1.0-9-amd64
+}
+submenu 'amber: snapshots' --id amber-snapshots {
+  menuentry 'snapshot 2' --id amber-snapshot-2 {
+    linux /@/.snapshots/2/snapshot/boot/vmlinuz-6.1.0-8-amd64 root=UUID=x ro
+    initrd /@/.snapshots/2/snapshot/boot/initrd.img-6.1.0-8-amd64
+  }
+}
+"""  # noqa: E501
+
+
+def test_default_entry_of_the_menu() -> None:
+    kernel, initrd, cmdline = default_entry(MENU)
+    assert kernel == "/@/.snapshots/3/snapshot/boot/vmlinuz-6.1.0-9-amd64"
+    assert initrd == "/@/.snapshots/3/snapshot/boot/initrd.img-6.1.0-9-amd64"
+    assert cmdline == "root=UUID=x ro panic=5 rootflags=subvol=@/.snapshots/3/snapshot"
+
+
+def test_a_menu_without_default_entry_is_refused() -> None:
+    with pytest.raises(AmberError) as e:
+        default_entry(MENU.replace("--id amber-default", "--id other"))
+    assert e.value.code == ExitCode.NOT_FOUND
+
+
+def test_firmware_names() -> None:
+    assert [str(f) for f in Firmware] == ["uefi", "bios", "direct"]
