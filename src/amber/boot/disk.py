@@ -314,8 +314,8 @@ def make_esp(disk: Path, layout: DiskLayout, volume_id: str, files: dict[str, by
          "--offset", str(layout.esp.first), str(disk), str(layout.esp.size // 1024)],
         capture=True, where="while making the EFI system partition", code=ExitCode.ENVIRONMENT)
     target = mtools_target(disk, layout)
-    folders = sorted({str(Path(p).parents[i]) for p in files
-                      for i in range(len(Path(p).parents) - 1)}, key=lambda f: f.count("/"))
+    folders = sorted({str(parent) for name in files for parent in Path(name).parents
+                      if parent != Path(".")}, key=lambda f: (f.count("/"), f))
     env = _mtools_env()
     for folder in folders:  # one at a time: mmd does not see a folder it just made
         run(["mmd", "-i", target, f"::/{folder}"], capture=True, env=env,
