@@ -345,11 +345,12 @@ class VM:
                                     start_new_session=True)
         began = time.monotonic()
         self._update(pid=proc.pid, port=port)
-        return self._wait_booted(began, previous=None)
+        return self._wait_booted(began, previous=None, proc=proc)
 
-    def _wait_booted(self, began: float, previous: str | None) -> float:
+    def _wait_booted(self, began: float, previous: str | None,
+                     proc: subprocess.Popen[bytes] | None = None) -> float:
         """Wait until the agent answers from a boot other than `previous`; record that boot."""
-        boot_id = self._wait_ready(previous)
+        boot_id = self._wait_ready(previous, proc)
         seconds = time.monotonic() - began
         data = self._load()
         data.setdefault("boots", []).append({"boot_id": boot_id, "seconds": round(seconds, 2)})
@@ -357,16 +358,16 @@ class VM:
         step(f"The VM is ready after {seconds:.1f} s")
         return seconds
 
-    def _wait_ready(self, previous: str | None) -> str:
-        pid, port = self._load().get("pid"), self._load().get("port")
-        assert isinstance(pid, int) and isinstance(port, int)
+    def _wait_ready(self, previous: str | None, proc: subprocess.Popen[bytes] | None) -> str:
+        port = self._load().get("port")
+        assert isinstance(port, int)
         deadline = time.monotonic() + BOOT_TIMEOUT
         while time.monotonic() < deadline:
-            if self._pid() is None:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, os.WNOHANG)
+            stopped = proc.poll() is not None if proc else self._pid() is None
+            if stopped:
+                code = f"qemu exit code {proc.returncode}" if proc else "qemu is gone"
                 qemu = (self.state / "qemu.log").read_text(errors="replace").strip()
-                die("the VM stopped while booting" + (f" (qemu: {qemu})" if qemu else "")
+                die(f"the VM stopped while booting ({code}" + (f": {qemu}" if qemu else "") + ")"
                     + "; console:\n" + console_tail(self.console),
                     hint=f"full console log: {self.console}", code=ExitCode.ENVIRONMENT)
             with contextlib.suppress(OSError, ConnectionError, ValueError):
