@@ -36,6 +36,8 @@ class Status(NamedTuple):
     # The live patch, active now, that is the only change from booted to default.
     covered_by_livepatch: str | None = None
     warnings: tuple[str, ...] = ()
+    boot_menu: bool = False  # the system boots through amber's GRUB menu
+    next_boot_once: int | None = None
 
     @property
     def reboot_needed(self) -> bool:
@@ -48,12 +50,18 @@ class Status(NamedTuple):
                 "reboot_needed": self.reboot_needed,
                 "reboot_avoided_by_livepatch": self.covered_by_livepatch,
                 "warnings": list(self.warnings), "reboot": self.reboot,
+                "boot_menu": self.boot_menu, "next_boot_once": self.next_boot_once,
                 **({"livepatch": {**self.livepatch.as_json(),
                                   "drift": self.livepatch.drift_json()}}
                    if self.livepatch else {})}
 
     def render(self) -> str:
         lines = [f"booted snapshot:   {self.booted}", f"default snapshot:  {self.default}"]
+        if self.next_boot_once is not None:
+            lines.append(f"next boot, once:   {self.next_boot_once} (then the default again)")
+        if self.booted is not None and self.default is not None and self.booted != self.default:
+            lines.append(f"note: the booted snapshot {self.booted} is not the default; "
+                         f"'amber rollback' makes it the default")
         if self.in_progress:
             lines.append(f"in progress:       {', '.join(map(str, self.in_progress))}")
         if self.interrupted:
@@ -105,8 +113,16 @@ def status(root: Path) -> Status:
 
     reboot = status_json(root, default is not None and default != booted and covered is None,
                          booted, default, covered)
+    from amber.boot import menu
+
+    boot_menu, once = menu.managed(s), None
+    if boot_menu:
+        from amber import config
+        from amber.boot.once import next_boot_once
+
+        once = next_boot_once(s, config.load(root).boot)
     return Status(str(root), booted, default, running, interrupted, seen, reboot, covered,
-                  tuple(warnings))
+                  tuple(warnings), boot_menu, once)
 
 
 def _layout_warnings(s: Store, booted: int | None, default: int | None) -> list[str]:
@@ -270,7 +286,20 @@ def pin(root: Path, ref: Ref, *, pinned: bool, wait: bool = False) -> None:
     with locked(s, wait):
         number = s.resolve(ref)
         s.update(number, {PINNED_KEY: "yes" if pinned else None})
+        refresh_menu(s)
     log.info(f"snapshot {number} {'pinned' if pinned else 'unpinned'}")
+
+
+def refresh_menu(s: Store, exclude: Collection[int] = ()) -> None:
+    """After pin, unpin, delete and cleanup: the menu of a system that boots through it, with
+    every snapshot's metadata read again."""
+    from amber.boot import menu
+
+    try:
+        menu.refresh(s, full=True, exclude=exclude)
+    except menu.Unbootable as e:
+        log.warn(f"the boot menu is unchanged: the default snapshot cannot boot: {e}",
+                 hint="amber rollback N to a snapshot that boots")
 
 
 def _refuse_delete(s: Store, number: int, booted: int | None, default: int | None) -> None:
@@ -295,6 +324,7 @@ def delete(root: Path, refs: list[Ref], *, wait: bool = False) -> None:
         numbers = list(dict.fromkeys(s.resolve(ref) for ref in refs))
         for n in numbers:
             _refuse_delete(s, n, booted, default)
+        refresh_menu(s, exclude=numbers)  # out of the menu before they are gone
         for n in numbers:
             s.delete(n)
             log.info(f"deleted snapshot {n}")
@@ -347,6 +377,8 @@ def cleanup(root: Path, *, keep: int | None = None, wait: bool = False) -> list[
                 _warn_broken(s, snapshot)
         read_only = {n for n, flag in s.read_only_flags().items() if flag}
         doomed = cleanup_candidates(snapshots, keep, protected, read_only)
+        if doomed:
+            refresh_menu(s, exclude=doomed)  # out of the menu before they are gone
         for n in doomed:
             s.delete(n)
         doomed = sorted([*lock.recovered, *doomed])

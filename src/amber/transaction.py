@@ -80,11 +80,17 @@ def write_state(store: Store, **changes: Any) -> None:
 def set_default(store: Store, number: int) -> None:
     """Make `number` the next boot's default, remembering the previous one for 'rollback last'.
     Once begun, a signal cannot stop it half-way."""
+    from amber.boot import menu
+
+    menu.require_bootable(store, number, ExitCode.REFUSED)
     previous = store.default()
     if previous is not None and previous != number:
         write_state(store, previous_default=previous)
     with critical():
         btrfs.sync(store.dir)
+        # The menu naming `number` and the default itself land in one btrfs commit (the sync
+        # below): GRUB, which reads only committed trees, sees both or neither.
+        menu.refresh(store, default=number, commit=False)
         store.set_default(number)
         btrfs.sync(store.dir)
 
@@ -273,6 +279,10 @@ def _clear_quietly(lock: Lock) -> None:
 def close(store: Store, number: int) -> None:
     """Read-only first, then the mark off, then the default: a crash before the default leaves
     either an unfinished snapshot (writable, marked) that recovery removes, or a complete one."""
+    from amber.boot import menu
+
+    # Before anything is final: a snapshot the boot menu could not boot never becomes the default.
+    menu.require_bootable(store, number, ExitCode.STEP_FAILED, closing=True)
     log.step(f"closing snapshot {number}: read-only, default for the next boot")
     store.set_read_only(number, True)
     store.update(number, {IN_PROGRESS_KEY: None})

@@ -17,6 +17,7 @@ from amber import __version__, log
 from amber.cli.common import Adder, common, plain
 from amber.cli.fleet import add_reboot
 from amber.cli.snapshots import (
+    add_boot_once,
     add_cleanup,
     add_delete,
     add_diff,
@@ -66,6 +67,8 @@ VERBS: tuple[tuple[str, tuple[str, ...], str, Adder], ...] = (
     ("status", (), "booted and default snapshot, pending reboot", plain(cmd_status)),
     ("snapshots", ("list",), "list snapshots", plain(cmd_snapshots)),
     ("rollback", (), "make an older snapshot the default for the next boot", add_rollback),
+    ("boot-once", (), "boot a snapshot at the next boot only, then the default again",
+     add_boot_once),
     ("pin", (), "keep a snapshot from cleanup", add_pin),
     ("unpin", (), "let cleanup remove it", add_pin),
     ("delete", (), "delete snapshots (never the booted or default one)", add_delete),

@@ -55,6 +55,32 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_boot_once(args: argparse.Namespace) -> int:
+    from amber import config, system
+    from amber.boot import once
+    from amber.errors import ExitCode, die
+    from amber.lock import locked
+
+    store = system.store(args.root)
+    settings = config.load(args.root).boot
+    with locked(store, args.wait):
+        if args.cancel:
+            once.clear_boot_once(store, settings)
+            number = None
+        else:
+            if args.number is None:
+                die("boot-once needs a snapshot number (or --cancel)",
+                    hint="amber boot-once N", code=ExitCode.USAGE)
+            number = once.set_boot_once(store, settings, ref(args.number))
+    if args.json:
+        log.print_json({"next_boot_once": number})
+    elif number is None:
+        log.info("the next boot starts the default snapshot")
+    else:
+        log.info(f"the next boot (only) starts snapshot {number}; the one after it the default")
+    return 0
+
+
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from amber import system
 
@@ -91,6 +117,15 @@ def add_pin(p: argparse.ArgumentParser) -> None:
     common(p)
     p.add_argument("number", metavar="N", help="snapshot number (or 'booted', 'default')")
     p.set_defaults(handler=cmd_pin)
+
+
+def add_boot_once(p: argparse.ArgumentParser) -> None:
+    common(p)
+    p.add_argument("number", nargs="?", metavar="N",
+                   help="snapshot number (or 'booted', 'default')")
+    p.add_argument("--cancel", action="store_true",
+                   help="forget a boot-once that has not happened yet")
+    p.set_defaults(handler=cmd_boot_once)
 
 
 def add_delete(p: argparse.ArgumentParser) -> None:
