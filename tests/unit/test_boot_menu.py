@@ -58,12 +58,15 @@ def test_update_keeps_other_variables(tmp_path: Path) -> None:
     assert grubenv.read(path) == {"saved_entry": "x"}
 
 
+SUBVOL = "rootflags=subvol=@/.snapshots/7/snapshot"
+
+
 @pytest.mark.parametrize(("cmdline", "expected"), [
     ("root=UUID=u rootfstype=btrfs ro console=ttyS0 panic=5",
-     "root=UUID=u rootfstype=btrfs ro console=ttyS0 panic=5 rootflags=subvol=@/.snapshots/7/snapshot"),
+     f"root=UUID=u rootfstype=btrfs ro console=ttyS0 panic=5 {SUBVOL}"),
     ("BOOT_IMAGE=/vmlinuz root=UUID=u rootflags=subvol=@/old,compress=zstd ro",
-     "root=UUID=u ro rootflags=subvol=@/.snapshots/7/snapshot,compress=zstd"),
-    ("root=/dev/vda3 rootflags=subvolid=256", "root=/dev/vda3 rootflags=subvol=@/.snapshots/7/snapshot"),
+     f"root=UUID=u ro {SUBVOL},compress=zstd"),
+    ("root=/dev/vda3 rootflags=subvolid=256", f"root=/dev/vda3 {SUBVOL}"),
 ])
 def test_kernel_arguments_mount_the_snapshot(cmdline: str, expected: str) -> None:
     assert menu.kernel_arguments(cmdline, "@/.snapshots/7/snapshot") == expected
