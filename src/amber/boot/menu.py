@@ -108,9 +108,19 @@ def _title(text: str) -> str:
     return text.replace("\n", " ").replace("'", "'\\''")
 
 
-def entry(store: Store, snapshot: Snapshot, *, closing: bool = False) -> Entry:
+def store_subvolume(store: Store) -> str | None:
+    """The store's path from the top level ('@/.snapshots'), if it is a subvolume of its own
+    (as in snapper's layout): then a snapshot's path needs no ioctl of its own."""
+    from amber import btrfs
+
+    return btrfs.subvolume_path(store.dir) if btrfs.is_subvolume(store.dir) else None
+
+
+def entry(store: Store, snapshot: Snapshot, *, closing: bool = False,
+          container: str | None = None) -> Entry:
     """The menu entry of a snapshot; Unbootable if it cannot boot on its own. `closing`: the
-    snapshot of the transaction being closed, which is still marked unfinished."""
+    snapshot of the transaction being closed, which is still marked unfinished. `container`:
+    store_subvolume(store), where the caller has it."""
     from amber import btrfs
     from amber.boot import kernels
 
@@ -131,7 +141,8 @@ def entry(store: Store, snapshot: Snapshot, *, closing: bool = False) -> Entry:
         raise Unbootable("it has no /etc/kernel/cmdline (the kernel command line)") from None
     if "root=" not in cmdline:
         raise Unbootable("its /etc/kernel/cmdline names no root=")
-    subvolume = btrfs.subvolume_path(root)
+    subvolume = (f"{container}/{number}/snapshot" if container is not None
+                 else btrfs.subvolume_path(root))
     date = snapshot.date[:16]
     pinned = ", pinned" if snapshot.pinned else ""
     description = f" {snapshot.description}" if snapshot.description else ""
@@ -208,33 +219,36 @@ def choose(store: Store, settings: BootConfig, default: int, *, full: bool,
     """The menu for `default`: Unbootable if the default snapshot cannot boot."""
     from amber import btrfs
 
-    flags = None
-    if full:
-        flags = store.read_only_flags()
+    flags = store.read_only_flags() if full else {}
+
+    def read_only(number: int) -> bool:
+        if number not in flags:
+            flags[number] = store.exists(number) and btrfs.is_read_only(store.path(number))
+        return flags[number]
+
     numbers = [n for n in store.numbers() if n not in exclude]
     wanted: list[int] = []
     for number in reversed(numbers):
         if len(wanted) >= settings.menu_entries:
             break
-        read_only = flags.get(number) if flags is not None else (
-            store.exists(number) and btrfs.is_read_only(store.path(number)))
-        if read_only:
+        if read_only(number):
             wanted.append(number)
     chosen = set(wanted) | {n for n in include if n not in exclude}
     if full:
-        pinned = {s.number for s in store.list() if s.pinned and flags and flags.get(s.number)}
+        pinned = {s.number for s in store.list() if s.pinned and flags.get(s.number)}
     else:
         pinned = {n for n in listed(store)[1] if n in numbers}
-    default_entry = entry(store, store.get(default))
+    container = store_subvolume(store)
+    default_entry = entry(store, store.get(default), container=container)
     entries, warnings = [default_entry], []
     for number in sorted((chosen | pinned) - {default}, reverse=True):
-        if not store.exists(number) or not btrfs.is_read_only(store.path(number)):
+        if not read_only(number):
             continue
         snapshot = store.get(number)
         if number not in chosen and not snapshot.pinned:
             continue  # unpinned since the last full refresh, by another tool
         try:
-            entries.append(entry(store, snapshot))
+            entries.append(entry(store, snapshot, container=container))
         except Unbootable as e:
             warnings.append(f"snapshot {number} is left out of the boot menu: {e}")
     entries.sort(key=lambda e: e.number, reverse=True)
