@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from amber import btrfs
 from amber.layout import CONTAINER
 from amber.log import die
 from amber.run import run
@@ -20,6 +21,12 @@ def mount_root(device: Path, target: Path) -> list[Path]:
     run(["mount", "-o", "ro,compress=zstd:1", str(device), str(target)])
     mounted.append(target)
     try:
+        # /etc is the snapshot's own writable subvolume: the booted system mounts it read-write
+        # (the initrd does, data/dracut/90amber-etc), since a read-only mount covers it too.
+        if btrfs.is_subvolume(target / "etc"):
+            etc = f"{btrfs.subvolume_path(target)}/etc"
+            run(["mount", "-o", f"rw,subvol={etc}", str(device), str(target / "etc")])
+            mounted.append(target / "etc")
         for name in (".snapshots", *SHARED_SUBVOLUMES):
             where = target / name
             run(["mount", "-o", f"subvol={CONTAINER}/{name}", str(device), str(where)])

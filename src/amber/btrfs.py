@@ -158,3 +158,14 @@ def subvolumes_below(path: Path) -> dict[str, bool]:
             return {name: bool(info.flags & 1) for name, info in subvolumes}
 
     return _call("listing subvolumes", path, collect)
+
+
+def has_nested_subvolumes(path: Path) -> bool:
+    """Whether any subvolume lies below the subvolume at path."""
+    bu = _btrfsutil()
+
+    def search() -> bool:
+        with bu.SubvolumeIterator(str(path)) as subvolumes:
+            return any(True for _ in subvolumes)
+
+    return _call("listing subvolumes", path, search)

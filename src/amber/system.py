@@ -38,6 +38,8 @@ class Status(NamedTuple):
     warnings: tuple[str, ...] = ()
     boot_menu: bool = False  # the system boots through amber's GRUB menu
     next_boot_once: int | None = None
+    # /etc paths the booted snapshot's first-boot merge left in conflict (amber etc conflicts)
+    etc_conflicts: tuple[str, ...] = ()
 
     @property
     def reboot_needed(self) -> bool:
@@ -51,6 +53,7 @@ class Status(NamedTuple):
                 "reboot_avoided_by_livepatch": self.covered_by_livepatch,
                 "warnings": list(self.warnings), "reboot": self.reboot,
                 "boot_menu": self.boot_menu, "next_boot_once": self.next_boot_once,
+                "etc_conflicts": list(self.etc_conflicts),
                 **({"livepatch": {**self.livepatch.as_json(),
                                   "drift": self.livepatch.drift_json()}}
                    if self.livepatch else {})}
@@ -74,6 +77,9 @@ class Status(NamedTuple):
                          f"{self.covered_by_livepatch}, which is active now")
         else:
             lines.append("reboot needed:     no")
+        if self.etc_conflicts:
+            lines.append(f"/etc conflicts:    {len(self.etc_conflicts)} from the update's merge "
+                         "(the admin's version kept); see 'amber etc conflicts'")
         inactive = self.reboot.get("livepatch_inactive")
         if inactive:
             lines.append(f"live patch not active: {inactive}")
@@ -122,7 +128,7 @@ def status(root: Path) -> Status:
 
         once = next_boot_once(s, config.load(root).boot)
     return Status(str(root), booted, default, running, interrupted, seen, reboot, covered,
-                  tuple(warnings), boot_menu, once)
+                  tuple(warnings), boot_menu, once, _etc_conflicts(root, booted))
 
 
 def _layout_warnings(s: Store, booted: int | None, default: int | None) -> list[str]:
@@ -148,6 +154,15 @@ def _layout_warnings(s: Store, booted: int | None, default: int | None) -> list[
         warnings.append(f"the default snapshot {default} is writable, so the next boot may "
                         "not start what it held when it became the default")
     return warnings
+
+
+def _etc_conflicts(root: Path, booted: int | None) -> tuple[str, ...]:
+    if booted is None or not (root / "var/lib/amber/etc-merge" / str(booted)).is_dir():
+        return ()  # the usual case, without importing the merge
+    from amber.etc.pending import stored_conflicts
+    from amber.etc.tree import decode
+
+    return tuple(decode(c.path) for c in stored_conflicts(root, booted))
 
 
 def _livepatch_status(s: Store, booted: int | None, default: int | None

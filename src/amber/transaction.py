@@ -10,6 +10,7 @@ lock file records which one was in progress; see lock.py). The steps that must n
 from __future__ import annotations
 
 import errno
+import os
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,7 +22,14 @@ from amber.lock import NO_SPACE_HINT, Lock
 from amber.lock import locked as locked  # the lock of a root, for the other write commands
 from amber.log import AmberError, ExitCode, die
 from amber.signals import critical
-from amber.snapshots import IN_PROGRESS_KEY, Snapshot, Store, clean_text, now_utc
+from amber.snapshots import (
+    IN_PROGRESS_KEY,
+    SYNCPOINT_NAME,
+    Snapshot,
+    Store,
+    clean_text,
+    now_utc,
+)
 
 STATE_NAME = ".amber-state.json"
 
@@ -200,6 +208,40 @@ def _generation(path: Path) -> int:
     return btrfs.generation(path)
 
 
+def _generations(store: Store, number: int) -> tuple[int, ...]:
+    """The snapshot's generation and its /etc subvolume's: a change to either counts."""
+    found = [_generation(store.path(number))]
+    if store.has_etc_subvolume(number):
+        found.append(btrfs.generation(store.etc_path(number)))
+    return tuple(found)
+
+
+def record_fork_point(store: Store, number: int, base: int, booted: int | None) -> None:
+    """Keep /etc as it is at the fork, the base of the merge at the first boot of `number`.
+
+    Forked from the running system: a read-only snapshot of the new /etc (a snapshot of the
+    running one an instant ago) as etc/etc.syncpoint, holding transactional-update.comparewith
+    with the base's number, as transactional-update >= 5 does. Forked from a snapshot that was
+    not booted yet (--continue): that snapshot's own sync point, when it has one."""
+    from amber.etc.syncpoint import COMPAREWITH
+
+    if not store.has_etc_subvolume(number):
+        return
+    syncpoint = store.etc_path(number) / SYNCPOINT_NAME
+    if base == booted:
+        btrfs.create_snapshot(store.etc_path(number), syncpoint)
+        marker = syncpoint / COMPAREWITH.decode()
+        with open(marker, "x", encoding="ascii") as f:
+            f.write(f"{base}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        btrfs.set_read_only(syncpoint, True)
+        return
+    inherited = store.etc_path(base) / SYNCPOINT_NAME
+    if inherited.is_dir() and not inherited.is_symlink() and btrfs.is_subvolume(inherited):
+        btrfs.create_snapshot(inherited, syncpoint, read_only=True)
+
+
 Steps = Callable[[WorkingSnapshot], None]
 
 
@@ -222,10 +264,11 @@ def execute(options: Options, steps: Steps, description: str) -> Result:
                 number=number, date=now_utc(), description=text, cleanup="number",
                 userdata={IN_PROGRESS_KEY: "yes", "base": str(base)},
             ), read_only=False)
+            record_fork_point(store, number, base, booted)
             chroot = WorkingSnapshot(store, number, base)
-            before = _generation(chroot.path) if options.drop_if_no_change else 0
+            before = _generations(store, number) if options.drop_if_no_change else ()
             steps(chroot)
-            if options.drop_if_no_change and _generation(chroot.path) == before:
+            if options.drop_if_no_change and _generations(store, number) == before:
                 log.step(f"nothing changed: dropping snapshot {number}")
                 with critical():
                     store.delete(number)
@@ -284,6 +327,9 @@ def close(store: Store, number: int) -> None:
     # Before anything is final: a snapshot the boot menu could not boot never becomes the default.
     menu.require_bootable(store, number, ExitCode.STEP_FAILED, closing=True)
     log.step(f"closing snapshot {number}: read-only, default for the next boot")
+    # /etc as the transaction leaves it (amber etc diff's reference) while the root is still
+    # writable and marked unfinished: a crash here leaves a snapshot recovery removes.
+    store.record_etc_origin(number)
     store.set_read_only(number, True)
     store.update(number, {IN_PROGRESS_KEY: None})
     set_default(store, number)

@@ -78,7 +78,8 @@ VERBS: tuple[tuple[str, tuple[str, ...], str, Adder], ...] = (
      add_reboot),
 )
 NESTED = {"livepatch": "inspect, load and apply kernel live patches",
-          "image": "build a bootable immutable Debian image"}
+          "image": "build a bootable immutable Debian image",
+          "etc": "the admin's edits to /etc and the update merge"}
 
 
 def _verb_of(argv: Sequence[str]) -> str | None:
@@ -157,6 +158,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             from amber.cli import livepatch
 
             livepatch.add_parser(sub, common)
+        elif name == "etc":
+            from amber.cli import etc
+
+            etc.add_parser(sub, common)
         else:
             from amber.cli import image
 
