@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -164,3 +166,39 @@ def test_old_layout_is_converted_by_the_next_transaction(system: System) -> None
     assert os.lstat(converted).st_mode == os.lstat(old / "etc").st_mode
     assert not os.path.lexists(converted / "etc.syncpoint")  # not forked from the booted one
     assert json.loads(amber(system.root, "etc", "diff", "6", "--json").stdout)["changes"] == []
+
+
+HOOK = Path(__file__).parents[2] / "src/amber/data/dracut/90amber-etc/amber-etc.sh"
+
+
+def test_initrd_hook_merges_and_mounts_etc_writable(system: System, tmp_path: Path) -> None:
+    """The dracut hook as the initrd runs it: the default snapshot mounted read-only at a
+    sysroot, nothing else mounted there; amber itself runs from this checkout (the test image
+    has no Python), so AMBER_ETC_MERGE replaces the chroot."""
+    etc = system.root / "etc"
+    (etc / "foo.conf").write_text("a = 1\nb = 2\nc = 3\n")
+    amber(system.root, "run", "--", "sh", "-c", "sed -i 's/^a = 1/a = new/' /etc/foo.conf")
+    (etc / "foo.conf").write_text("a = 1\nb = 2\nc = admin\n")
+    sysroot = tmp_path / "sysroot"
+    sysroot.mkdir()
+    subprocess.run(["mount", "-o", "ro", str(system.device), str(sysroot)], check=True)
+    try:
+        merge = " ".join([sys.executable, "-m", "amber.cli", "--root", str(sysroot), "etc",
+                          "merge-pending"])
+        result = subprocess.run(["sh", str(HOOK)], capture_output=True, text=True,
+                                env={**os.environ, "NEWROOT": str(sysroot),
+                                     "AMBER_ETC_MERGE": merge}, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert os.path.ismount(sysroot / "etc")
+        assert not os.path.ismount(sysroot / ".snapshots")  # the hook's own mounts are gone
+        assert (sysroot / "etc/foo.conf").read_text() == "a = new\nb = 2\nc = admin\n"
+        (sysroot / "etc/written-at-boot").write_text("rw\n")  # /etc is writable
+        with pytest.raises(OSError):
+            (sysroot / "usr/not-writable").write_text("x")
+        assert not os.path.lexists(sysroot / "etc/etc.syncpoint")
+        again = subprocess.run(["sh", str(HOOK)], capture_output=True, text=True,
+                               env={**os.environ, "NEWROOT": str(sysroot),
+                                    "AMBER_ETC_MERGE": "false"}, timeout=60)
+        assert again.returncode == 0 and "failed" not in again.stderr  # no merge pending
+    finally:
+        subprocess.run(["umount", "-R", str(sysroot)], check=False)
