@@ -47,6 +47,11 @@ amber_etc_main() {
                 mounted="$NEWROOT/$name $mounted"
             fi
         done
+        for name in proc dev; do
+            if [ -z "$AMBER_ETC_MERGE" ] && mount --bind "/$name" "$NEWROOT/$name"; then
+                mounted="$NEWROOT/$name $mounted"
+            fi
+        done
         if [ -n "$AMBER_ETC_MERGE" ]; then
             $AMBER_ETC_MERGE
         else
