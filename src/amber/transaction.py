@@ -231,10 +231,9 @@ def record_fork_point(store: Store, number: int, base: int, booted: int | None) 
     if base == booted:
         btrfs.create_snapshot(store.etc_path(number), syncpoint)
         marker = syncpoint / COMPAREWITH.decode()
+        # durable with the rest: close() syncs the filesystem before it sets the default
         with open(marker, "x", encoding="ascii") as f:
             f.write(f"{base}\n")
-            f.flush()
-            os.fsync(f.fileno())
         btrfs.set_read_only(syncpoint, True)
         return
     inherited = store.etc_path(base) / SYNCPOINT_NAME
