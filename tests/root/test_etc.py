@@ -202,3 +202,24 @@ def test_initrd_hook_merges_and_mounts_etc_writable(system: System, tmp_path: Pa
         assert again.returncode == 0 and "failed" not in again.stderr  # no merge pending
     finally:
         subprocess.run(["umount", "-R", str(sysroot)], check=False)
+
+
+def test_merge_interrupted_after_the_swap_is_finished_by_the_next_boot(system: System) -> None:
+    """A power cut between the exchange and the removal of the sync point: the next run
+    removes what is left and merges nothing twice."""
+    from amber.etc.writer import exchange
+
+    amber(system.root, "run", "--", "sh", "-c", "echo update > /etc/interrupted.conf")
+    snapshot = system.snapshot(2)
+    btrfs.set_read_only(snapshot, False)
+    work = snapshot / ".etc.amber-merge"
+    btrfs.create_snapshot(snapshot / "etc", work)
+    exchange(snapshot / "etc", work)  # as the merge does, and then the power goes
+    btrfs.set_read_only(snapshot, True)
+    assert not btrfs.is_subvolume(snapshot / "etc/etc.syncpoint")
+    amber(system.root, "etc", "merge-pending", "2")
+    assert not os.path.lexists(snapshot / "etc/etc.syncpoint")
+    assert not os.path.lexists(work)
+    assert btrfs.is_read_only(snapshot)
+    assert (snapshot / "etc/interrupted.conf").read_text() == "update\n"
+    assert not any(n.startswith("2/snapshot/.etc") for n in subvolumes(system))
