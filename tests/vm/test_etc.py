@@ -40,6 +40,8 @@ def users(vm: VM) -> set[str]:
 
 
 def test_etc_edits_survive_an_update_and_a_power_cut(etc_vm: VM) -> None:
+    # Both users without subordinate ids: two useradds on two sides allocate the same
+    # subuid/subgid range, which the merge rightly reports as a conflict (records.py).
     vm = etc_vm
     assert sh(vm, "findmnt -no OPTIONS /etc").split(",")[0] == "rw"
     sh(vm, "mkdir -p /etc/motd.d && echo x > /etc/motd.d/admin")  # no transaction
@@ -48,11 +50,11 @@ def test_etc_edits_survive_an_update_and_a_power_cut(etc_vm: VM) -> None:
     before = amber_status(vm)["booted"]
 
     sh(vm, "amber run -- sh -c \"sed -i 's/^a = 1/a = package/' /etc/foo.conf && "
-           "useradd -M -u 2001 alice\"")
+           "useradd -M -K SUB_UID_COUNT=0 -K SUB_GID_COUNT=0 -u 2001 alice\"")
     new = amber_status(vm)["default"]
     assert new != before
     sh(vm, "sed -i 's/^e = 5/e = admin/' /etc/foo.conf && echo 'bar = admin' > /etc/bar.conf "
-           "&& useradd -M -u 2002 bob && sync")
+           "&& useradd -M -K SUB_UID_COUNT=0 -K SUB_GID_COUNT=0 -u 2002 bob && sync")
     vm.powercut()
 
     status = amber_status(vm)
