@@ -10,7 +10,6 @@ lock file records which one was in progress; see lock.py). The steps that must n
 from __future__ import annotations
 
 import errno
-import os
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
