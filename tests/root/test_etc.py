@@ -204,9 +204,12 @@ def test_initrd_hook_merges_and_mounts_etc_writable(system: System, tmp_path: Pa
         subprocess.run(["umount", "-R", str(sysroot)], check=False)
 
 
-def test_merge_interrupted_after_the_swap_is_finished_by_the_next_boot(system: System) -> None:
+@pytest.mark.parametrize("root_left_writable", [False, True])
+def test_merge_interrupted_after_the_swap_is_finished_by_the_next_boot(
+        system: System, root_left_writable: bool) -> None:
     """A power cut between the exchange and the removal of the sync point: the next run
-    removes what is left and merges nothing twice."""
+    removes what is left, merges nothing twice and leaves the root read-only, also when the
+    cut came while the merge had the root writable."""
     from amber.etc.writer import exchange
 
     amber(system.root, "run", "--", "sh", "-c", "echo update > /etc/interrupted.conf")
@@ -215,11 +218,32 @@ def test_merge_interrupted_after_the_swap_is_finished_by_the_next_boot(system: S
     work = snapshot / ".etc.amber-merge"
     btrfs.create_snapshot(snapshot / "etc", work)
     exchange(snapshot / "etc", work)  # as the merge does, and then the power goes
-    btrfs.set_read_only(snapshot, True)
+    if not root_left_writable:
+        btrfs.set_read_only(snapshot, True)
     assert not btrfs.is_subvolume(snapshot / "etc/etc.syncpoint")
     amber(system.root, "etc", "merge-pending", "2")
     assert not os.path.lexists(snapshot / "etc/etc.syncpoint")
     assert not os.path.lexists(work)
     assert btrfs.is_read_only(snapshot)
     assert (snapshot / "etc/interrupted.conf").read_text() == "update\n"
+    assert not any(n.startswith("2/snapshot/.etc") for n in subvolumes(system))
+
+
+def test_merge_interrupted_before_the_swap_runs_again(system: System) -> None:
+    """A power cut while the merged copy was being built, the root writable: the next run
+    builds it again from the start, swaps it in and leaves the root read-only."""
+    etc = system.root / "etc"
+    (etc / "foo.conf").write_text("a = 1\nb = 2\nc = 3\n")
+    amber(system.root, "run", "--", "sed", "-i", "s/^a = 1/a = new/", "/etc/foo.conf")
+    (etc / "foo.conf").write_text("a = 1\nb = 2\nc = admin\n")
+    snapshot = system.snapshot(2)
+    btrfs.set_read_only(snapshot, False)
+    work = snapshot / ".etc.amber-merge"
+    btrfs.create_snapshot(snapshot / "etc", work)
+    (work / "foo.conf").write_text("half")  # the power goes
+    amber(system.root, "etc", "merge-pending", "2")
+    assert (snapshot / "etc/foo.conf").read_text() == "a = new\nb = 2\nc = admin\n"
+    assert not os.path.lexists(snapshot / "etc/etc.syncpoint")
+    assert not os.path.lexists(work)
+    assert btrfs.is_read_only(snapshot)
     assert not any(n.startswith("2/snapshot/.etc") for n in subvolumes(system))

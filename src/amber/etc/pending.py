@@ -10,16 +10,16 @@
    transactional-update's 50-etc plugin does), merged there (`merge.merge_into`: conflicts are
    stored under /var/lib/amber/etc-merge/<N>/, everything is flushed);
 3. R and T are exchanged in one rename; R, now the old T with the real sync point nested in
-   it, is deleted, and so is the empty directory the sync point left in the merged /etc, which
-   is the marker: a merge that is done never runs again, one that was interrupted before the
-   exchange runs again from the start (R is rebuilt), and t-u's own unit does not run.
+   it, is deleted, the root is read-only again, and last the empty directory the sync point
+   left in the merged /etc, which is the marker, is removed: a merge that is done never runs
+   again, one that was interrupted before the exchange runs again from the start (R is
+   rebuilt), one interrupted after it is finished, and t-u's own unit does not run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from amber import btrfs, log
 from amber.etc.syncpoint import SYNCPOINT, pending_sync
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from amber.etc.diff import PathChange
     from amber.etc.merge import Conflict, MergeReport
 
-T = TypeVar("T")
 CONFLICTS_DIR = "var/lib/amber/etc-merge"  # below the system root; <N>/ per snapshot
 WORK_NAME = ".etc.amber-merge"  # R, next to the snapshot's /etc
 
@@ -38,15 +37,14 @@ def conflicts_dir(root: Path, number: int) -> Path:
     return root / CONFLICTS_DIR / str(number)
 
 
-def _leftover_marker(etc: Path) -> bool:
+def _leftover_marker(etc: Path) -> Path | None:
     """The empty directory a sync point leaves in the merged /etc after the exchange."""
     syncpoint = etc / SYNCPOINT.decode()
     if syncpoint.is_symlink() or not syncpoint.is_dir() or btrfs.is_subvolume(syncpoint):
-        return False
+        return None
     if any(syncpoint.iterdir()):
-        return False
-    syncpoint.rmdir()
-    return True
+        return None
+    return syncpoint
 
 
 def _discard(path: Path) -> None:
@@ -56,16 +54,14 @@ def _discard(path: Path) -> None:
 
 def merge_pending(store: Store, number: int) -> MergeReport | None:
     """Merge the admin's edits into snapshot `number`'s /etc if a merge is pending; None when
-    there was none."""
-    from amber.etc import writer
-    from amber.etc.merge import merge_into
-
+    there was none (or when only the end of an interrupted one was left to do)."""
     etc = store.etc_path(number)
     if not store.has_etc_subvolume(number):
         return None
     work = store.path(number) / WORK_NAME
-    if _leftover_marker(etc):
-        _with_writable(store, number, lambda: _discard(work))
+    marker = _leftover_marker(etc)
+    if marker is not None:  # merged, and the power went before the end
+        _finish(store, number, work, marker)
         return None
     sync = pending_sync(etc)
     if sync is None:
@@ -75,43 +71,55 @@ def merge_pending(store: Store, number: int) -> MergeReport | None:
         log.warn(f"snapshot {number}'s /etc was not merged: the /etc of its parent snapshot "
                  f"{sync.parent} is gone", hint=f"the admin's edits since the fork are not in "
                  f"it; compare with 'amber etc diff {number}'")
-        _with_writable(store, number, lambda: _drop_syncpoint(etc))
+        _discard(etc / SYNCPOINT.decode())  # /etc is writable: the root need not be
         return None
     log.step(f"merging the /etc of snapshot {sync.parent} into snapshot {number}")
-
-    def run() -> MergeReport:
-        _discard(work)
-        btrfs.create_snapshot(etc, work)
-        try:
-            report = merge_into(sync.syncpoint, old, etc, work,
-                                conflicts_dir=conflicts_dir(store.root, number))
-            writer.exchange(etc, work)
-        except BaseException:
-            _discard(work)
-            raise
-        # work is now the /etc as the transaction left it, with the real sync point in it
-        _discard(work)
-        _leftover_marker(etc)
-        btrfs.sync(store.dir)
-        return report
-
-    return _with_writable(store, number, run)
+    return _merge(store, number, sync.syncpoint, old, work)
 
 
-def _drop_syncpoint(etc: Path) -> None:
-    _discard(etc / SYNCPOINT.decode())
+def _merge(store: Store, number: int, base: Path, old: Path, work: Path) -> MergeReport:
+    from amber.etc import writer
+    from amber.etc.merge import merge_into
 
-
-def _with_writable(store: Store, number: int, action: Callable[[], T]) -> T:
-    root = store.path(number)
-    read_only = btrfs.is_read_only(root)
-    if read_only:
-        btrfs.set_read_only(root, False)
+    etc = store.etc_path(number)
+    _writable(store, number)
     try:
-        return action()
-    finally:
-        if read_only:
-            btrfs.set_read_only(root, True)
+        _discard(work)  # left by a merge interrupted before the exchange
+        btrfs.create_snapshot(etc, work)
+        report = merge_into(base, old, etc, work, conflicts_dir=conflicts_dir(store.root, number))
+        writer.exchange(etc, work)
+    except BaseException:
+        try:
+            _discard(work)
+        finally:
+            store.set_read_only(number, True)
+        raise
+    # work is now the /etc as the transaction left it, with the real sync point in it
+    marker = _leftover_marker(etc)
+    assert marker is not None  # the sync point nested in the snapshot is an empty directory
+    _finish(store, number, work, marker)
+    return report
+
+
+def _writable(store: Store, number: int) -> None:
+    """The snapshot's root writable for a moment, to add or remove a subvolume next to its
+    /etc, as transactional-update's 50-etc plugin does."""
+    if store.is_read_only(number):
+        store.set_read_only(number, False)
+
+
+def _finish(store: Store, number: int, work: Path, marker: Path) -> None:
+    """The end of a merge, in an order that a power cut at any point leaves to the next boot:
+    the old /etc deleted, the root read-only again, and only then the marker removed. A
+    snapshot that waits for its merge was closed read-only by its transaction (amber's or
+    transactional-update's): it is made read-only whatever a cut merge left it."""
+    if work.is_dir():
+        _writable(store, number)
+        _discard(work)
+    if not store.is_read_only(number):
+        store.set_read_only(number, True)
+    marker.rmdir()
+    btrfs.sync(store.dir)
 
 
 def stored_conflicts(root: Path, number: int) -> tuple[Conflict, ...]:
