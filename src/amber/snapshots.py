@@ -538,6 +538,10 @@ class Store:
         """Whether the snapshot's /etc is its own (nested, writable) subvolume."""
         return _is_real_subvolume(self.etc_path(number))
 
+    def awaits_etc_merge(self, number: int) -> bool:
+        """Whether the snapshot's /etc holds a sync point: a merge at its first boot."""
+        return os.path.lexists(self.etc_path(number) / SYNCPOINT_NAME)
+
     def record_etc_origin(self, number: int) -> None:
         """Keep a read-only snapshot of the (still writable) snapshot's /etc as it is now."""
         if not self.has_etc_subvolume(number):
@@ -618,13 +622,12 @@ def carry_etc(base_etc: Path, new_etc: Path) -> None:
         btrfs.create_snapshot(base_etc, new_etc, read_only=False)
     else:
         make_etc_subvolume(new_etc)
-    for name in os.listdir(new_etc):
-        inside = new_etc / name
-        if name == SYNCPOINT_NAME and inside.is_dir() and not inside.is_symlink():
-            if btrfs.is_subvolume(inside):
-                btrfs.delete_subvolume(inside)
-            else:
-                inside.rmdir()
+    inside = new_etc / SYNCPOINT_NAME
+    if inside.is_dir() and not inside.is_symlink():
+        if btrfs.is_subvolume(inside):
+            btrfs.delete_subvolume(inside)
+        else:
+            inside.rmdir()
 
 
 def make_etc_subvolume(etc: Path) -> None:

@@ -220,24 +220,43 @@ def record_fork_point(store: Store, number: int, base: int, booted: int | None) 
 
     Forked from the running system: a read-only snapshot of the new /etc (a snapshot of the
     running one an instant ago) as etc/etc.syncpoint, holding transactional-update.comparewith
-    with the base's number, as transactional-update >= 5 does. Forked from a snapshot that was
-    not booted yet (--continue): that snapshot's own sync point, when it has one."""
+    with the base's number, as transactional-update >= 5 does. The marker is written into the
+    new /etc first and removed after, so that the sync point is made read-only with it in one
+    btrfs commit rather than two; it is durable with the rest (close() syncs before the
+    default). Forked from a snapshot that was not booted yet (--continue): that snapshot's own
+    sync point, when it has one."""
     from amber.etc.syncpoint import COMPAREWITH
 
     if not store.has_etc_subvolume(number):
         return
-    syncpoint = store.etc_path(number) / SYNCPOINT_NAME
+    etc = store.etc_path(number)
+    syncpoint = etc / SYNCPOINT_NAME
     if base == booted:
-        btrfs.create_snapshot(store.etc_path(number), syncpoint)
-        marker = syncpoint / COMPAREWITH.decode()
-        # durable with the rest: close() syncs the filesystem before it sets the default
-        with open(marker, "x", encoding="ascii") as f:
-            f.write(f"{base}\n")
-        btrfs.set_read_only(syncpoint, True)
+        marker = etc / COMPAREWITH.decode()
+        try:
+            with open(marker, "x", encoding="ascii") as f:
+                f.write(f"{base}\n")
+        except OSError as e:
+            raise AmberError(f"cannot write {marker}: {e.strerror}",
+                             hint=f"remove {marker}: transactional-update keeps that file in "
+                                  "the sync point, never in /etc itself") from e
+        try:
+            btrfs.create_snapshot(etc, syncpoint, read_only=True)
+        finally:
+            marker.unlink()
         return
     inherited = store.etc_path(base) / SYNCPOINT_NAME
     if inherited.is_dir() and not inherited.is_symlink() and btrfs.is_subvolume(inherited):
         btrfs.create_snapshot(inherited, syncpoint, read_only=True)
+
+
+def record_etc_at_close(store: Store, number: int) -> None:
+    """`amber etc diff`'s reference, /etc as the transaction leaves it. A snapshot that waits
+    for a first-boot merge gets it from that merge, which replaces exactly this /etc and keeps
+    it (etc.pending): that spares the transaction a btrfs commit. Any other snapshot gets a
+    read-only snapshot of its /etc now."""
+    if not store.awaits_etc_merge(number):
+        store.record_etc_origin(number)
 
 
 Steps = Callable[[WorkingSnapshot], None]
@@ -325,9 +344,9 @@ def close(store: Store, number: int) -> None:
     # Before anything is final: a snapshot the boot menu could not boot never becomes the default.
     menu.require_bootable(store, number, ExitCode.STEP_FAILED, closing=True)
     log.step(f"closing snapshot {number}: read-only, default for the next boot")
-    # /etc as the transaction leaves it (amber etc diff's reference) while the root is still
-    # writable and marked unfinished: a crash here leaves a snapshot recovery removes.
-    store.record_etc_origin(number)
+    # While the root is still writable and marked unfinished: a crash here leaves a snapshot
+    # that recovery removes.
+    record_etc_at_close(store, number)
     store.set_read_only(number, True)
     store.update(number, {IN_PROGRESS_KEY: None})
     set_default(store, number)

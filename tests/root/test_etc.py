@@ -82,11 +82,22 @@ def test_update_fork_merge_conflict_rollback(system: System) -> None:
     changed = {c["path"] for c in amber_json(system.root, "etc", "diff")["changes"]}
     assert {"foo.conf", "bar.conf", "passwd", "motd.d/admin"} <= changed
 
+    # not booted yet: the reference of `etc diff` is made by the first boot's merge
+    early = amber(system.root, "etc", "diff", "2", check=False)
+    assert early.returncode == 5 and "not been booted yet" in early.stderr, early.stderr
+    assert not os.path.lexists(system.snapshot(2) / "usr/lib/amber/etc-origin/passwd")
+
     # the first boot of 2: the initrd's merge, then the system
     btrfs.sync(system.root / ".snapshots")
     amber(system.root, "etc", "merge-pending", "2")
     reboot(system)
     assert status(system.root)["booted"] == 2
+    origin = system.snapshot(2) / "usr/lib/amber/etc-origin"
+    assert btrfs.is_subvolume(origin) and btrfs.is_read_only(origin)
+    assert (origin / "foo.conf").read_text() == "a = package\nb = 2\nc = 3\n"  # as T was
+    assert not os.path.lexists(origin / "etc.syncpoint")
+    carried = {c["path"] for c in amber_json(system.root, "etc", "diff")["changes"]}
+    assert {"foo.conf", "bar.conf", "passwd"} <= carried and "owned.conf" not in carried
     assert (etc / "foo.conf").read_text() == "a = package\nb = 2\nc = admin\n"
     assert (etc / "bar.conf").read_text() == "bar = admin\n"
     assert os.getxattr(etc / "bar.conf", "security.amber") == b"admin-label"

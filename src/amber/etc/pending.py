@@ -9,11 +9,13 @@
 2. T is snapshotted to a sibling R (the snapshot's root is made writable for that moment, as
    transactional-update's 50-etc plugin does), merged there (`merge.merge_into`: conflicts are
    stored under /var/lib/amber/etc-merge/<N>/, everything is flushed);
-3. R and T are exchanged in one rename; R, now the old T with the real sync point nested in
-   it, is deleted, the root is read-only again, and last the empty directory the sync point
-   left in the merged /etc, which is the marker, is removed: a merge that is done never runs
-   again, one that was interrupted before the exchange runs again from the start (R is
-   rebuilt), one interrupted after it is finished, and t-u's own unit does not run.
+3. R and T are exchanged in one rename; R, now the old T, loses the real sync point nested in
+   it and becomes the snapshot's reference for `amber etc diff` (usr/lib/amber/etc-origin,
+   read-only: /etc as the transaction left it), the root is read-only again, and last the
+   empty directory the sync point left in the merged /etc, which is the marker, is removed: a
+   merge that is done never runs again, one that was interrupted before the exchange runs
+   again from the start (R is rebuilt), one interrupted after it is finished, and t-u's own
+   unit does not run.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def _leftover_marker(etc: Path) -> Path | None:
 
 
 def _discard(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink() and btrfs.is_subvolume(path):
+    if _is_subvolume(path):
         btrfs.delete_subvolume(path)
 
 
@@ -110,16 +112,38 @@ def _writable(store: Store, number: int) -> None:
 
 def _finish(store: Store, number: int, work: Path, marker: Path) -> None:
     """The end of a merge, in an order that a power cut at any point leaves to the next boot:
-    the old /etc deleted, the root read-only again, and only then the marker removed. A
-    snapshot that waits for its merge was closed read-only by its transaction (amber's or
-    transactional-update's): it is made read-only whatever a cut merge left it."""
-    if work.is_dir():
-        _writable(store, number)
-        _discard(work)
+    the old /etc kept as `amber etc diff`'s reference, the root read-only again, and only then
+    the marker removed. A snapshot that waits for its merge was closed read-only by its
+    transaction (amber's or transactional-update's): it is made read-only whatever a cut merge
+    left it."""
+    _keep_as_reference(store, number, work)
     if not store.is_read_only(number):
         store.set_read_only(number, True)
     marker.rmdir()
     btrfs.sync(store.dir)
+
+
+def _keep_as_reference(store: Store, number: int, work: Path) -> None:
+    """The /etc the merge replaced is the snapshot's /etc as its transaction left it: moved to
+    ETC_ORIGIN (a rename, no copy) without its sync point, and made read-only. The transaction
+    made no reference of its own for a snapshot that waits for this merge."""
+    origin = store.path(number) / ETC_ORIGIN
+    if _is_subvolume(work):
+        _discard(work / SYNCPOINT.decode())  # the real one: work is writable
+        _writable(store, number)
+        if _is_subvolume(origin):
+            _discard(work)  # one is there already (made at close)
+        else:
+            if origin.is_dir() and not origin.is_symlink():
+                origin.rmdir()  # the base's reference, shown in the root as an empty directory
+            origin.parent.mkdir(parents=True, exist_ok=True)
+            work.rename(origin)  # read-only after: a read-only one cannot change its parent
+    if _is_subvolume(origin) and not btrfs.is_read_only(origin):
+        btrfs.set_read_only(origin, True)
+
+
+def _is_subvolume(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink() and btrfs.is_subvolume(path)
 
 
 def stored_conflicts(root: Path, number: int) -> tuple[Conflict, ...]:
@@ -129,11 +153,16 @@ def stored_conflicts(root: Path, number: int) -> tuple[Conflict, ...]:
 
 
 def admin_diff(store: Store, number: int) -> tuple[PathChange, ...]:
-    """What changed in snapshot `number`'s /etc since the transaction closed it."""
+    """What changed in snapshot `number`'s /etc since its transaction closed it."""
     from amber.etc.diff import diff
 
     reference = store.path(number) / ETC_ORIGIN
-    if not reference.is_dir():
+    if not _is_subvolume(reference):
+        if store.awaits_etc_merge(number):
+            log.die(f"snapshot {number} has not been booted yet: the merge at its first boot "
+                    "keeps its /etc as the transaction left it, the reference of this diff",
+                    hint="'amber etc diff' of the booted snapshot shows the edits that merge "
+                         "carries over", code=log.ExitCode.NOT_FOUND)
         log.die(f"snapshot {number} has no record of its /etc at its creation",
                 hint="snapshots made before amber kept /etc apart have none; the next "
                      "transaction makes one", code=log.ExitCode.NOT_FOUND)
