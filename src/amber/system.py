@@ -153,6 +153,12 @@ def _layout_warnings(s: Store, booted: int | None, default: int | None) -> list[
     elif not s.is_read_only(default):
         warnings.append(f"the default snapshot {default} is writable, so the next boot may "
                         "not start what it held when it became the default")
+    if booted is not None and s.awaits_etc_merge(booted):
+        warnings.append(f"the /etc of the booted snapshot {booted} was not merged at boot: the "
+                        "admin's edits made before the update are in the previous snapshot's "
+                        "/etc (its initrd lacks amber's dracut module 90amber-etc, or the merge "
+                        "failed: see the boot log); 'amber initrd' and a reboot bring the "
+                        "module")
     return warnings
 
 

@@ -143,6 +143,19 @@ def test_update_fork_merge_conflict_rollback(system: System) -> None:
     assert not (system.root / ".snapshots/2").exists()
 
 
+def test_status_warns_when_the_boot_did_not_merge(system: System) -> None:
+    """A boot whose initrd lacks the hook (an initrd built before amber had it): the sync
+    point is still there, and status says so instead of hiding the lost edits."""
+    amber(system.root, "run", "--", "true")
+    reboot(system)  # without the merge
+    st = status(system.root)
+    assert st["booted"] == 2
+    assert any("was not merged at boot" in w for w in st["warnings"]), st["warnings"]
+    late = amber(system.root, "etc", "merge-pending", "2", check=False)
+    assert late.returncode == 6 and "mounted" in late.stderr, late.stderr  # not under the system
+    assert btrfs.is_read_only(system.snapshot(2))
+
+
 def test_drop_if_no_change_sees_etc(system: System) -> None:
     dropped = amber(system.root, "run", "--drop-if-no-change", "--", "true")
     assert "nothing changed" in dropped.stderr

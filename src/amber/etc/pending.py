@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,8 +76,49 @@ def merge_pending(store: Store, number: int) -> MergeReport | None:
                  f"it; compare with 'amber etc diff {number}'")
         _discard(etc / SYNCPOINT.decode())  # /etc is writable: the root need not be
         return None
+    if _mounted(etc):
+        log.die(f"snapshot {number}'s /etc is mounted, in use by the running system: its merge "
+                "runs in the initrd, before anything reads /etc",
+                hint=f"the edits that were not merged are in snapshot {sync.parent}'s /etc "
+                     f"({old}); copy what is needed by hand", code=log.ExitCode.REFUSED)
     log.step(f"merging the /etc of snapshot {sync.parent} into snapshot {number}")
     return _merge(store, number, sync.syncpoint, old, work)
+
+
+def _mounted(etc: Path) -> bool:
+    """Whether the subvolume at etc is mounted somewhere (the running system's /etc): the
+    rename that swaps the merged copy in would fail (EBUSY) after all the work. A subvolume is
+    not a mount point by itself (os.path.ismount says it is: its st_dev differs), so the mount
+    table is read: a btrfs mount of the same subvolume path from the same device."""
+    wanted = "/" + btrfs.subvolume_path(etc)
+    where = os.path.realpath(etc)
+    mounts = []
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            for line in f:
+                fields = line.split()
+                if "-" not in fields[6:]:
+                    continue
+                tail = fields.index("-", 6)
+                mounts.append((_unescape(fields[3]), _unescape(fields[4]),
+                               fields[tail + 1], fields[tail + 2]))
+    except OSError:
+        return False
+    holding = [m for m in mounts if where == m[1] or where.startswith(m[1].rstrip("/") + "/")]
+    if not holding:
+        return False
+    device = max(holding, key=lambda m: len(m[1]))[3]
+    return any(root == wanted and kind == "btrfs" and source == device
+               for root, _, kind, source in mounts)
+
+
+def _unescape(field: str) -> str:
+    """A path as mountinfo writes it (space, tab, newline and backslash as octal escapes)."""
+    if "\\" not in field:
+        return field
+    import re
+
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
 
 
 def _merge(store: Store, number: int, base: Path, old: Path, work: Path) -> MergeReport:
