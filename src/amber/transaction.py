@@ -286,6 +286,11 @@ def close(store: Store, number: int) -> None:
     log.step(f"closing snapshot {number}: read-only, default for the next boot")
     store.set_read_only(number, True)
     store.update(number, {IN_PROGRESS_KEY: None})
+    if menu.managed(store):
+        from amber import config
+        from amber.health import trial
+
+        trial.begin(store, number, config.load(store.root))  # its first boot is a trial
     set_default(store, number)
 
 

@@ -78,6 +78,7 @@ VERBS: tuple[tuple[str, tuple[str, ...], str, Adder], ...] = (
      add_reboot),
 )
 NESTED = {"livepatch": "inspect, load and apply kernel live patches",
+          "health": "boot health: checks, trial boots, verdicts",
           "image": "build a bootable immutable Debian image"}
 
 
@@ -157,6 +158,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             from amber.cli import livepatch
 
             livepatch.add_parser(sub, common)
+        elif name == "health":
+            from amber.cli import health
+
+            health.add_parser(sub, common)
         else:
             from amber.cli import image
 

@@ -42,14 +42,114 @@ WantedBy=multi-user.target
 """
 SCHEDULE_DROP_IN = f"etc/systemd/system/{TIMER}.d/50-amber-schedule.conf"
 
+# [health] enabled: trial boots (amber.health). The check is RequiredBy boot-complete.target, so
+# a failing check (or any other unit RequiredBy it) keeps the boot from completing; the unit
+# after boot-complete.target has DefaultDependencies=no, so multi-user.target, which wants it,
+# does not wait for it (no ordering cycle).
+HEALTH_UNITS = {
+    "amber-health-check.service": """\
+# Written by amber ([health] enabled): the health checks of this boot.
+[Unit]
+Description=Health checks of this boot (amber; a failed trial gives way to the last good snapshot)
+Documentation=man:amber(8)
+After=multi-user.target
+Before=boot-complete.target
+OnFailure=amber-health-failed.service
+ConditionPathExists=/.snapshots
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/amber health boot-check
+
+[Install]
+RequiredBy=boot-complete.target
+""",
+    "amber-health-complete.service": """\
+# Written by amber ([health] enabled): a trial boot that completed is good.
+[Unit]
+Description=Mark a trial boot that completed as good (amber)
+Documentation=man:amber(8)
+DefaultDependencies=no
+Requires=boot-complete.target
+After=boot-complete.target sysinit.target
+Conflicts=shutdown.target
+Before=shutdown.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/bin/amber health boot-complete
+
+[Install]
+WantedBy=multi-user.target
+""",
+    "amber-health-failed.service": """\
+# Written by amber ([health] enabled): the check unit failed.
+[Unit]
+Description=Roll a failed trial boot back to the last good snapshot (amber)
+Documentation=man:amber(8)
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/amber health boot-failed
+""",
+    "amber-health-timeout.service": """\
+# Written by amber ([health] enabled): a trial boot that reached no verdict in time.
+[Unit]
+Description=Roll a trial boot without a verdict back to the last good snapshot (amber)
+Documentation=man:amber(8)
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/amber health boot-timeout
+""",
+}
+HEALTH_TIMER = "amber-health-timeout.timer"
+WATCHDOG_CONF = "etc/systemd/system.conf.d/50-amber-watchdog.conf"
+WATCHDOG = """\
+# Written by amber ([health] enabled): a hang becomes a reset where there is a hardware
+# watchdog, and GRUB counts the reset as a failed trial boot.
+[Manager]
+RuntimeWatchdogSec=60s
+"""
+
+
+def health_timer(timeout: int) -> str:
+    return ("# Written by amber from [health] timeout in /etc/amber/amber.conf.\n"
+            "[Unit]\nDescription=Deadline of a trial boot (amber)\n\n"
+            f"[Timer]\nOnBootSec={timeout}s\nAccuracySec=1s\n"
+            "Unit=amber-health-timeout.service\n\n[Install]\nWantedBy=timers.target\n")
+
+
+def _write_unit(root: Path, name: str, text: str) -> None:
+    unit = root / "etc/systemd/system" / name
+    unit.parent.mkdir(parents=True, exist_ok=True)
+    unit.write_text(text)
+
+
+def enable_health(root: Path, timeout: int) -> list[str]:
+    for name, text in HEALTH_UNITS.items():
+        _write_unit(root, name, text)
+    _write_unit(root, HEALTH_TIMER, health_timer(timeout))
+    local = "/etc/systemd/system"
+    _wants(root, "boot-complete.target", "amber-health-check.service", local, "requires")
+    _wants(root, "multi-user.target", "amber-health-complete.service", local)
+    _wants(root, "timers.target", HEALTH_TIMER, local)
+    watchdog = root / WATCHDOG_CONF
+    watchdog.parent.mkdir(parents=True, exist_ok=True)
+    watchdog.write_text(WATCHDOG)
+    return ["amber-health-check.service", "amber-health-complete.service", HEALTH_TIMER]
+
 
 def schedule_drop_in(schedule: str) -> str:
     return ("# Written by amber from [update] schedule in /etc/amber/amber.conf.\n"
             f"[Timer]\nOnCalendar=\nOnCalendar={schedule}\n")
 
 
-def _wants(root: Path, target: str, unit: str, unit_dir: str = UNIT_DIR) -> None:
-    link = root / "etc/systemd/system" / f"{target}.wants" / unit
+def _wants(root: Path, target: str, unit: str, unit_dir: str = UNIT_DIR,
+           kind: str = "wants") -> None:
+    link = root / "etc/systemd/system" / f"{target}.{kind}" / unit
     link.parent.mkdir(parents=True, exist_ok=True)
     link.unlink(missing_ok=True)
     link.symlink_to(f"{unit_dir}/{unit}")
@@ -72,6 +172,8 @@ def enable(root: Path) -> list[str]:
         unit.write_text(RELEASE_UNIT)
         _wants(root, "multi-user.target", RELEASE, "/etc/systemd/system")
         enabled.append(RELEASE)
+    if settings.health.enabled:
+        enabled += enable_health(root, settings.health.timeout)
     if enabled:
         log.step(f"enabling {', '.join(enabled)}")
     return enabled
