@@ -25,8 +25,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         for result in results:
             mark = "pass" if result.passed else "FAIL"
-            first = result.output.strip().splitlines()
-            print(f"{mark:4}  {result.name:20}  {first[-1] if first else ''}")
+            print(f"{mark:4}  {result.name:20}  {result.summary}")
     failed = [r.name for r in results if not r.passed]
     if failed:
         if args.json:

@@ -67,10 +67,8 @@ def emergency(root: Path, message: str) -> None:
 
 
 def _summary(failed: list[checks.Result]) -> str:
-    first = failed[0]
-    detail = first.output.strip().splitlines()[-1] if first.output.strip() else "failed"
     more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-    return f"{first.name}: {detail}{more}"
+    return f"{failed[0].name}: {failed[0].summary}{more}"
 
 
 def _settle(store: Store, rollback: Rollback | None, booted: int | None) -> None:
@@ -89,8 +87,8 @@ def boot_check(root: Path) -> bool:
     path = checks.keep_output(store, results, f"boot-{booted}")
     for result in results:
         (log.info if result.passed else log.warn)(
-            f"health check {result.name}: {'pass' if result.passed else 'FAIL'}"
-            + (f": {result.output.strip().splitlines()[-1]}" if result.output.strip() else ""))
+            f"health check {result.name}: {'pass' if result.passed else 'FAIL'}: "
+            f"{result.summary}")
     failed = trial.failing(results)
     rollback = load(store).last_rollback
     if not failed:

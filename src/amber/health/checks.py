@@ -27,10 +27,20 @@ class Result:
     passed: bool
     output: str
     source: str  # "built-in", or the file's path
+    status: int | None = None  # a file's exit status (None: built-in, or it did not finish)
+
+    @property
+    def summary(self) -> str:
+        """One line: the last line of the output, else the exit status."""
+        lines = self.output.strip().splitlines()
+        if lines:
+            return lines[-1]
+        return f"exit status {self.status}" if self.status is not None else (
+            "passed" if self.passed else "failed")
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "passed": self.passed, "output": self.output,
-                "source": self.source}
+                "source": self.source, "status": self.status}
 
 
 def _root_check(store: Store, expected: int | None) -> Result:
@@ -113,10 +123,15 @@ def check_files(root: Path) -> tuple[list[Path], list[str]]:
     return [chosen[name] for name in sorted(chosen)], warnings
 
 
-def _run_file(path: Path, deadline: float) -> Result:
+def _run_file(root: Path, path: Path, deadline: float) -> Result:
+    """A check runs in the system it checks: directly on the running system, in a chroot of
+    another root (--root)."""
     remaining = max(1.0, deadline - time.monotonic())
+    argv = [str(path)]
+    if str(root) != "/":
+        argv = ["chroot", str(root), "/" + str(path.relative_to(root))]
     try:
-        done = subprocess.run([str(path)], stdin=subprocess.DEVNULL, capture_output=True,
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
                               timeout=remaining)
     except subprocess.TimeoutExpired as e:
         output = (e.stdout or b"") + (e.stderr or b"")
@@ -125,9 +140,7 @@ def _run_file(path: Path, deadline: float) -> Result:
     except OSError as e:
         return Result(path.name, False, f"cannot run: {e.strerror}", str(path))
     text = (done.stdout + done.stderr).decode(errors="replace").strip()
-    if done.returncode != 0:
-        text += f"\n(exit status {done.returncode})"
-    return Result(path.name, done.returncode == 0, text.strip(), str(path))
+    return Result(path.name, done.returncode == 0, text, str(path), done.returncode)
 
 
 def run(store: Store, *, expected: int | None = None, timeout: float = 300.0,
@@ -140,7 +153,7 @@ def run(store: Store, *, expected: int | None = None, timeout: float = 300.0,
     files, warnings = check_files(store.root)
     for warning in warnings if warn else ():
         log.warn(warning)
-    results += [_run_file(path, deadline) for path in files]
+    results += [_run_file(store.root, path, deadline) for path in files]
     return results
 
 
@@ -150,7 +163,9 @@ def keep_output(store: Store, results: list[Result], tag: str) -> str | None:
     folder = store.root / LOG_DIR
     lines = []
     for result in results:
-        lines.append(f"== {result.name} ({result.source}): {'pass' if result.passed else 'FAIL'}")
+        verdict = "pass" if result.passed else "FAIL"
+        status = f", exit status {result.status}" if result.status is not None else ""
+        lines.append(f"== {result.name} ({result.source}{status}): {verdict}")
         if result.output:
             lines.append(result.output)
     try:
