@@ -11,6 +11,9 @@ calls enable() on the image's root.
                                      into /etc/systemd/system by enable() (RELEASE_UNIT), not
                                      packaged: lintian wants an init.d script for every packaged
                                      service that a boot starts
+    amber-health-*.service, amber-health-timeout.timer, system.conf.d/50-amber-watchdog.conf
+                                     [health] enabled: trial boots (amber.health); written into
+                                     /etc/systemd/system as the release unit is
 """
 
 from __future__ import annotations
