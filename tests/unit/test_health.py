@@ -30,7 +30,7 @@ def test_record_round_trip_and_distrust() -> None:
 
 def test_health_units_verify(tmp_path: Path) -> None:
     require(shutil.which("systemd-analyze") is not None, "systemd-analyze is missing")
-    names = units.enable_health(tmp_path, 300)
+    names = units.enable_health(tmp_path)
     folder = tmp_path / "etc/systemd/system"
     assert (folder / "boot-complete.target.requires/amber-health-check.service").is_symlink()
     result = subprocess.run(["systemd-analyze", "verify", *(f"./{n}" for n in names)],
@@ -40,7 +40,7 @@ def test_health_units_verify(tmp_path: Path) -> None:
                 if line and "/usr/bin/amber is not executable" not in line
                 and "man amber(8)" not in line]
     assert problems == []
-    assert "OnBootSec=300s" in (folder / units.HEALTH_TIMER).read_text()
+    assert (folder / "sysinit.target.wants/amber-health-timeout.service").is_symlink()
 
 
 def test_check_files_by_name_etc_wins(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ calls enable() on the image's root.
                                      into /etc/systemd/system by enable() (RELEASE_UNIT), not
                                      packaged: lintian wants an init.d script for every packaged
                                      service that a boot starts
-    amber-health-*.service, amber-health-timeout.timer, system.conf.d/50-amber-watchdog.conf
+    amber-health-*.service, system.conf.d/50-amber-watchdog.conf
                                      [health] enabled: trial boots (amber.health); written into
                                      /etc/systemd/system as the release unit is
 """
@@ -98,17 +98,25 @@ Type=oneshot
 ExecStart=/usr/bin/amber health boot-failed
 """,
     "amber-health-timeout.service": """\
-# Written by amber ([health] enabled): a trial boot that reached no verdict in time.
+# Written by amber ([health] enabled): the deadline of a trial boot. Early and independent of
+# the rest of the boot, so that a boot that hangs on its way still meets it.
 [Unit]
-Description=Roll a trial boot without a verdict back to the last good snapshot (amber)
+Description=Deadline of a trial boot (amber; [health] timeout)
 Documentation=man:amber(8)
+DefaultDependencies=no
+After=local-fs.target
+Conflicts=shutdown.target
+Before=shutdown.target
+ConditionPathExists=/.snapshots
 
 [Service]
-Type=oneshot
+Type=simple
 ExecStart=/usr/bin/amber health boot-timeout
+
+[Install]
+WantedBy=sysinit.target
 """,
 }
-HEALTH_TIMER = "amber-health-timeout.timer"
 WATCHDOG_CONF = "etc/systemd/system.conf.d/50-amber-watchdog.conf"
 WATCHDOG = """\
 # Written by amber ([health] enabled): a hang becomes a reset where there is a hardware
@@ -118,31 +126,24 @@ RuntimeWatchdogSec=60s
 """
 
 
-def health_timer(timeout: int) -> str:
-    return ("# Written by amber from [health] timeout in /etc/amber/amber.conf.\n"
-            "[Unit]\nDescription=Deadline of a trial boot (amber)\n\n"
-            f"[Timer]\nOnBootSec={timeout}s\nAccuracySec=1s\n"
-            "Unit=amber-health-timeout.service\n\n[Install]\nWantedBy=timers.target\n")
-
-
 def _write_unit(root: Path, name: str, text: str) -> None:
     unit = root / "etc/systemd/system" / name
     unit.parent.mkdir(parents=True, exist_ok=True)
     unit.write_text(text)
 
 
-def enable_health(root: Path, timeout: int) -> list[str]:
+def enable_health(root: Path) -> list[str]:
     for name, text in HEALTH_UNITS.items():
         _write_unit(root, name, text)
-    _write_unit(root, HEALTH_TIMER, health_timer(timeout))
     local = "/etc/systemd/system"
     _wants(root, "boot-complete.target", "amber-health-check.service", local, "requires")
     _wants(root, "multi-user.target", "amber-health-complete.service", local)
-    _wants(root, "timers.target", HEALTH_TIMER, local)
+    _wants(root, "sysinit.target", "amber-health-timeout.service", local)
     watchdog = root / WATCHDOG_CONF
     watchdog.parent.mkdir(parents=True, exist_ok=True)
     watchdog.write_text(WATCHDOG)
-    return ["amber-health-check.service", "amber-health-complete.service", HEALTH_TIMER]
+    return ["amber-health-check.service", "amber-health-complete.service",
+            "amber-health-timeout.service"]
 
 
 def schedule_drop_in(schedule: str) -> str:
@@ -176,7 +177,7 @@ def enable(root: Path) -> list[str]:
         _wants(root, "multi-user.target", RELEASE, "/etc/systemd/system")
         enabled.append(RELEASE)
     if settings.health.enabled:
-        enabled += enable_health(root, settings.health.timeout)
+        enabled += enable_health(root)
     if enabled:
         log.step(f"enabling {', '.join(enabled)}")
     return enabled

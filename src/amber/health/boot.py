@@ -129,8 +129,22 @@ def boot_failed(root: Path) -> bool:
     return _fail(root, Reason.HEALTH_CHECK, "amber-health-check.service failed")
 
 
-def boot_timeout(root: Path) -> bool:
-    from amber import config
+def uptime() -> float:
+    import time
 
-    timeout = config.load(root).health.timeout
-    return _fail(root, Reason.TIMEOUT, f"boot-complete.target not reached within {timeout} s")
+    return time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def boot_timeout(root: Path, poll: float = 2.0) -> bool:
+    """On a trial boot: wait until [health] timeout after power-on, then fail the trial if it
+    has no verdict yet. Returns at once on any other boot, and as soon as a verdict is in."""
+    import time
+
+    store, settings = _context(root)
+    timeout = settings.health.timeout
+    while trial.trial_boot(store, settings) is not None:
+        if uptime() >= timeout:
+            return _fail(root, Reason.TIMEOUT,
+                         f"boot-complete.target not reached within {timeout} s")
+        time.sleep(min(poll, max(0.1, timeout - uptime())))
+    return False
