@@ -32,7 +32,7 @@ RELEASE_UNIT = """\
 Description=Give the FleetLock reboot slot back after a healthy boot (amber)
 Documentation=man:amber(8)
 Wants=network-online.target
-After=network-online.target boot-complete.target
+After=network-online.target boot-complete.target amber-health-complete.service
 Requires=boot-complete.target
 
 [Service]
