@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from amber.errors import AmberError, ExitCode, die
 
@@ -70,8 +69,7 @@ class Unbootable(Exception):
     """A snapshot that cannot be in the menu; the message says why."""
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):  # NamedTuple, not a dataclass: `amber status` imports this module
     number: int
     release: str
     kernel: str  # absolute from the btrfs top level
@@ -164,8 +162,7 @@ def _entry_text(item: Entry, title: str, entry_id: str, indent: str,
             f"{indent}}}"]
 
 
-@dataclass(frozen=True)
-class TrialMenu:
+class TrialMenu(NamedTuple):
     """The default snapshot is on trial: GRUB counts its boots, then falls back."""
 
     number: int
@@ -266,8 +263,7 @@ def listed(store: Store) -> tuple[int | None, set[int]]:
     return None, set()
 
 
-@dataclass(frozen=True)
-class Menu:
+class Menu(NamedTuple):
     default: Entry
     entries: list[Entry]
     warnings: list[str]

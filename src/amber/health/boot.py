@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from amber import log
@@ -75,7 +74,7 @@ def _settle(store: Store, rollback: Rollback | None, booted: int | None) -> None
     if rollback is not None and not rollback.settled and rollback.to == booted:
         record = load(store)
         if record.last_rollback == rollback:
-            save(store, replace(record, last_rollback=replace(rollback, settled=True)))
+            save(store, record._replace(last_rollback=rollback._replace(settled=True)))
 
 
 def boot_check(root: Path) -> bool:

@@ -14,10 +14,9 @@ verdict; GRUB counts the attempts in its environment block (see trial.py and boo
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, replace
+import os
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -39,16 +38,16 @@ class Reason(StrEnum):
     TIMEOUT = "timeout"  # the trial boot reached no verdict within [health] timeout
 
 
-@dataclass(frozen=True)
-class Trial:
+# NamedTuples, not dataclasses, and json imported only when there is a file: `amber status`
+# and `amber snapshots` read this on every system that boots through amber's menu.
+class Trial(NamedTuple):
     snapshot: int
     fallback: int | None  # the last good snapshot, which boots when the tries are used up
     tries: int
     since: str
 
 
-@dataclass(frozen=True)
-class Rollback:
+class Rollback(NamedTuple):
     from_: int
     to: int
     reason: Reason
@@ -63,9 +62,8 @@ class Rollback:
                 "settled": self.settled}
 
 
-@dataclass(frozen=True)
-class Record:
-    snapshots: dict[int, Verdict] = field(default_factory=dict)
+class Record(NamedTuple):
+    snapshots: dict[int, Verdict] = {}  # noqa: RUF012 - never mutated: with_verdict copies
     trial: Trial | None = None
     last_rollback: Rollback | None = None
 
@@ -81,7 +79,7 @@ class Record:
         else:
             snapshots[number] = verdict
         trial = None if self.trial and self.trial.snapshot == number else self.trial
-        return replace(self, snapshots=snapshots, trial=trial)
+        return self._replace(snapshots=snapshots, trial=trial)
 
     def as_json(self) -> dict[str, Any]:
         trial = self.trial
@@ -126,6 +124,10 @@ def parse(data: Any) -> Record:
 
 
 def load(store: Store) -> Record:
+    if not os.path.exists(path(store)):
+        return Record()
+    import json
+
     try:
         text = path(store).read_text()
     except FileNotFoundError:
@@ -146,6 +148,8 @@ def load(store: Store) -> Record:
 
 
 def save(store: Store, record: Record) -> None:
+    import json
+
     from amber.state import atomic_write
 
     path(store).parent.mkdir(exist_ok=True)
