@@ -11,14 +11,15 @@ from amber.run import run
 from amber.snapshots import SHARED_SUBVOLUMES
 
 
-def mount_root(device: Path, target: Path) -> list[Path]:
-    """Mount a filesystem as a booted system sees it: default subvolume read-only at target,
-    .snapshots and the shared subvolumes writable at their places. Returns the mount points,
-    innermost last."""
+def mount_root(device: Path, target: Path, snapshot: int | None = None) -> list[Path]:
+    """Mount a filesystem as a booted system sees it: the default subvolume (or `snapshot`, as
+    a boot menu entry with rootflags=subvol= mounts it) read-only at target, .snapshots and the
+    shared subvolumes writable at their places. Returns the mount points, innermost last."""
     if not target.is_dir():
         die(f"mount point {target} does not exist")
     mounted: list[Path] = []
-    run(["mount", "-o", "ro,compress=zstd:1", str(device), str(target)])
+    subvol = f",subvol={CONTAINER}/.snapshots/{snapshot}/snapshot" if snapshot else ""
+    run(["mount", "-o", f"ro,compress=zstd:1{subvol}", str(device), str(target)])
     mounted.append(target)
     try:
         # /etc is the snapshot's own writable subvolume: the booted system mounts it read-write

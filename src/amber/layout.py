@@ -79,12 +79,17 @@ def relocate_package_databases(rootfs: Path) -> None:
         old.symlink_to(link)
 
 
-def finish(top: Path, description: str = "first root filesystem") -> None:
-    """Split the shared subvolumes off snapshot 1, close it and make it the default."""
+def finish(top: Path, description: str = "first root filesystem",
+           skip: tuple[str, ...] = ()) -> None:
+    """Split the shared subvolumes off snapshot 1 (but `skip`, which stay mounts of their own),
+    close it and make it the default."""
     container = top / CONTAINER
     snapshot = first_snapshot_path(top)
     relocate_package_databases(snapshot)
     for name in SHARED_SUBVOLUMES:
+        if name in skip:
+            (snapshot / name).mkdir(parents=True, exist_ok=True)
+            continue
         shared = container / name
         shared.parent.mkdir(parents=True, exist_ok=True)
         btrfs.create_subvolume(shared)

@@ -38,6 +38,8 @@ class Status(NamedTuple):
     warnings: tuple[str, ...] = ()
     boot_menu: bool = False  # the system boots through amber's GRUB menu
     next_boot_once: int | None = None
+    health: str | None = None  # the booted snapshot's verdict: good, bad or trial
+    last_rollback: dict[str, Any] | None = None  # the last automatic rollback
     # /etc paths the booted snapshot's first-boot merge left in conflict (amber etc conflicts)
     etc_conflicts: tuple[str, ...] = ()
 
@@ -53,6 +55,7 @@ class Status(NamedTuple):
                 "reboot_avoided_by_livepatch": self.covered_by_livepatch,
                 "warnings": list(self.warnings), "reboot": self.reboot,
                 "boot_menu": self.boot_menu, "next_boot_once": self.next_boot_once,
+                "health": self.health, "last_rollback": self.last_rollback,
                 "etc_conflicts": list(self.etc_conflicts),
                 **({"livepatch": {**self.livepatch.as_json(),
                                   "drift": self.livepatch.drift_json()}}
@@ -62,6 +65,14 @@ class Status(NamedTuple):
         lines = [f"booted snapshot:   {self.booted}", f"default snapshot:  {self.default}"]
         if self.next_boot_once is not None:
             lines.append(f"next boot, once:   {self.next_boot_once} (then the default again)")
+        if self.health is not None:
+            lines.append(f"health:            {self.health}")
+        last = self.last_rollback
+        if last is not None:
+            lines.append(f"last automatic rollback: snapshot {last['from']} → {last['to']} at "
+                         f"{last['time']} ({last['reason']}"
+                         + (f": {last['detail']}" if last["detail"] else "") + ")"
+                         + (f"; output in {last['log']}" if last["log"] else ""))
         if self.booted is not None and self.default is not None and self.booted != self.default:
             lines.append(f"note: the booted snapshot {self.booted} is not the default; "
                          f"'amber rollback' makes it the default")
@@ -121,14 +132,19 @@ def status(root: Path) -> Status:
                          booted, default, covered)
     from amber.boot import menu
 
-    boot_menu, once = menu.managed(s), None
+    boot_menu, once, health, last = menu.managed(s), None, None, None
     if boot_menu:
         from amber import config
         from amber.boot.once import next_boot_once
+        from amber.health import verdicts
 
         once = next_boot_once(s, config.load(root).boot)
+        health_record = verdicts.load(s)
+        health = str(health_record.verdict(booted)) if booted is not None else None
+        last = (health_record.last_rollback.as_json() if health_record.last_rollback
+                else None)
     return Status(str(root), booted, default, running, interrupted, seen, reboot, covered,
-                  tuple(warnings), boot_menu, once, _etc_conflicts(root, booted))
+                  tuple(warnings), boot_menu, once, health, last, _etc_conflicts(root, booted))
 
 
 def _layout_warnings(s: Store, booted: int | None, default: int | None) -> list[str]:
@@ -198,6 +214,7 @@ class Row(NamedTuple):
     read_only: bool
     default: bool
     booted: bool
+    health: str = "good"  # the boot verdict: good, bad or trial (amber.health)
 
     def as_json(self) -> dict[str, Any]:
         s = self.snapshot
@@ -207,14 +224,18 @@ class Row(NamedTuple):
                 "pinned": s.pinned, "in_progress": s.in_progress,
                 "cleanup": unicode_text(s.cleanup), "type": unicode_text(s.type),
                 "userdata": {unicode_text(k): unicode_text(v) for k, v in s.userdata.items()},
-                "broken": s.broken or None}
+                "broken": s.broken or None, "health": self.health}
 
 
 def snapshot_rows(root: Path) -> list[Row]:
     s = store(root)
     booted, default = s.booted(), s.default()
     flags = s.read_only_flags()
-    rows = [Row(s.get(n), flags[n], n == default, n == booted) for n in s.numbers() if n in flags]
+    from amber.health import verdicts
+
+    health = verdicts.load(s)
+    rows = [Row(s.get(n), flags[n], n == default, n == booted, str(health.verdict(n)))
+            for n in s.numbers() if n in flags]
     for row in rows:
         if row.snapshot.broken:
             _warn_broken(s, row.snapshot)
@@ -227,16 +248,17 @@ def _warn_broken(s: Store, snapshot: Snapshot) -> None:
 
 
 def render_snapshot_table(rows: list[Row]) -> str:
-    lines = [f"{'#':>5}  {'flags':<6} {'date':<19}  description"]
+    lines = [f"{'#':>5}  {'flags':<7} {'date':<19}  description"]
     for r in rows:
         flags = ("*" if r.booted else " ") + ("+" if r.default else " ") + \
                 ("P" if r.snapshot.pinned else " ") + ("w" if not r.read_only else " ") + \
-                ("!" if r.snapshot.broken else " ")
+                ("!" if r.snapshot.broken else " ") + \
+                {"bad": "X", "trial": "T"}.get(r.health, " ")
         text = f"({r.snapshot.broken})" if r.snapshot.broken else r.snapshot.description
-        lines.append(f"{r.snapshot.number:>5}  {flags:<6} {shown(r.snapshot.date):<19}  "
+        lines.append(f"{r.snapshot.number:>5}  {flags:<7} {shown(r.snapshot.date):<19}  "
                      f"{shown(text)}")
     lines.append("flags: * booted, + default (next boot), P pinned, w writable, "
-                 "! metadata unreadable")
+                 "! metadata unreadable, T on trial, X failed its trial boot")
     return "\n".join(lines)
 
 
@@ -247,8 +269,18 @@ def resolve_pair(root: Path, a: Ref, b: Ref) -> tuple[int, int]:
     return s.resolve(a), s.resolve(b)
 
 
+def refuse_bad(s: Store, number: int, force: bool, verb: str) -> None:
+    """A snapshot that failed its trial boot is not booted again by mistake."""
+    from amber.health import verdicts
+
+    if verdicts.load(s).verdict(number) == verdicts.Verdict.BAD and not force:
+        die(f"snapshot {number} failed its trial boot (health: bad)",
+            hint=f"see 'amber status'; 'amber {verb} --force {number}' if you mean it",
+            code=ExitCode.REFUSED)
+
+
 def rollback(root: Path, target: Ref | None, *, revert_livepatches: bool = False,
-             wait: bool = False) -> dict[str, Any]:
+             wait: bool = False, force: bool = False) -> dict[str, Any]:
     s = store(root)
     with locked(s, wait):
         booted, default = s.booted(), s.default()
@@ -275,6 +307,7 @@ def rollback(root: Path, target: Ref | None, *, revert_livepatches: bool = False
         if not s.is_read_only(number):
             die(f"snapshot {number} is writable, so it would not boot the same system twice",
                 hint="pick a read-only snapshot", code=ExitCode.REFUSED)
+        refuse_bad(s, number, force, "rollback")
         if number == default:
             log.info(f"snapshot {number} is already the default")
         else:

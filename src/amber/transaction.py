@@ -349,6 +349,11 @@ def close(store: Store, number: int) -> None:
     record_etc_at_close(store, number)
     store.set_read_only(number, True)
     store.update(number, {IN_PROGRESS_KEY: None})
+    if menu.managed(store):
+        from amber import config
+        from amber.health import trial
+
+        trial.begin(store, number, config.load(store.root))  # its first boot is a trial
     set_default(store, number)
 
 

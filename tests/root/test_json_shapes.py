@@ -27,10 +27,12 @@ MAYBE_TEXT = (str, type(None))
 STATUS = {"root": str, "booted": MAYBE_NUMBER, "default": MAYBE_NUMBER, "in_progress": list,
           "interrupted": list, "reboot_needed": bool,
           "reboot_avoided_by_livepatch": MAYBE_TEXT, "warnings": list, "reboot": dict,
-          "boot_menu": bool, "next_boot_once": MAYBE_NUMBER, "etc_conflicts": list}
+          "boot_menu": bool, "next_boot_once": MAYBE_NUMBER, "health": MAYBE_TEXT,
+          "last_rollback": (dict, type(None)), "etc_conflicts": list}
 SNAPSHOT_ROW = {"number": NUMBER, "date": str, "description": str, "read_only": bool,
                 "default": bool, "booted": bool, "pinned": bool, "in_progress": bool,
-                "cleanup": str, "type": str, "userdata": dict, "broken": MAYBE_TEXT}
+                "cleanup": str, "type": str, "userdata": dict, "broken": MAYBE_TEXT,
+                "health": str}
 TRANSACTION = {"snapshot": MAYBE_NUMBER, "base": NUMBER, "description": str, "dropped": bool,
                "default": MAYBE_NUMBER, "changed": bool}
 DIFF = {"added": list, "removed": list, "changed": list}

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from amber.errors import AmberError, ExitCode, die
 
@@ -70,8 +69,7 @@ class Unbootable(Exception):
     """A snapshot that cannot be in the menu; the message says why."""
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):  # NamedTuple, not a dataclass: `amber status` imports this module
     number: int
     release: str
     kernel: str  # absolute from the btrfs top level
@@ -117,7 +115,7 @@ def store_subvolume(store: Store) -> str | None:
 
 
 def entry(store: Store, snapshot: Snapshot, *, closing: bool = False,
-          container: str | None = None) -> Entry:
+          container: str | None = None, note: str = "") -> Entry:
     """The menu entry of a snapshot; Unbootable if it cannot boot on its own. `closing`: the
     snapshot of the transaction being closed, which is still marked unfinished. `container`:
     store_subvolume(store), where the caller has it."""
@@ -144,7 +142,7 @@ def entry(store: Store, snapshot: Snapshot, *, closing: bool = False,
     subvolume = (f"{container}/{number}/snapshot" if container is not None
                  else btrfs.subvolume_path(root))
     date = snapshot.date[:16]
-    pinned = ", pinned" if snapshot.pinned else ""
+    pinned = (", pinned" if snapshot.pinned else "") + (f", {note}" if note else "")
     description = f" {snapshot.description}" if snapshot.description else ""
     return Entry(number, release, f"/{subvolume}/boot/vmlinuz-{release}",
                  f"/{subvolume}/boot/initrd.img-{release}",
@@ -153,16 +151,66 @@ def entry(store: Store, snapshot: Snapshot, *, closing: bool = False,
                  snapshot.pinned)
 
 
-def _entry_text(item: Entry, title: str, entry_id: str, indent: str) -> list[str]:
+def _entry_text(item: Entry, title: str, entry_id: str, indent: str,
+                first: tuple[str, ...] = ()) -> list[str]:
     arguments = " ".join(_quote(word) for word in item.arguments.split())
     return [f"{indent}menuentry '{_title(title)}' --id {entry_id} {{",
+            *(f"{indent}  {line}" for line in first),
             f"{indent}  echo 'amber: booting snapshot {item.number}'",
             f"{indent}  linux {_quote(item.kernel)} {arguments}",
             f"{indent}  initrd {_quote(item.initrd)}",
             f"{indent}}}"]
 
 
-def render(default: Entry, entries: list[Entry], timeout: int) -> str:
+class TrialMenu(NamedTuple):
+    """The default snapshot is on trial: GRUB counts its boots, then falls back."""
+
+    number: int
+    fallback: Entry
+    tries: int
+
+
+FALLBACK_ID = "amber-fallback"
+MAX_TRIES = 9
+
+
+def _trial_selection(trial: TrialMenu) -> list[str]:
+    """Before the menu shows: with no tries left, the fallback is the default; if the fallback
+    was tried already and the trial is still not resolved, nothing boots on its own."""
+    n, g = trial.number, trial.fallback.number
+    return [
+        f'if [ "${{amber_trial}}" = "{n}" ]; then',
+        '  if [ "${amber_tries}" = "0" ]; then',
+        f'    if [ "${{amber_fell_back}}" = "{n}" ]; then',
+        "      set timeout=-1",
+        f"      echo 'amber: snapshot {n} failed its trial boot and snapshot {g}, the last good "
+        "one, did not come up either: choose a snapshot'",
+        "    else",
+        f"      set default={FALLBACK_ID}",
+        f"      echo 'amber: snapshot {n} used up its trial boots: booting snapshot {g}'",
+        "    fi",
+        "  fi",
+        "fi",
+    ]
+
+
+def _trial_count(trial: TrialMenu) -> tuple[str, ...]:
+    """In the default entry, so that only a boot of the trial snapshot counts (not a manual
+    boot of another one): one try less, saved before the kernel gets control."""
+    n = trial.number
+    steps = [f'{"if" if k == MAX_TRIES else "elif"} [ "${{amber_tries}}" = "{k}" ]; then '
+             f"set amber_tries={k - 1}" for k in range(MAX_TRIES, 0, -1)]
+    return (f'if [ "${{amber_trial}}" = "{n}" ]; then',
+            *(f"  {step}" for step in steps),
+            "  else set amber_tries=0",
+            "  fi",
+            '  save_env --file "${amber_env}" amber_tries',
+            f"  echo \"amber: trial boot of snapshot {n}, ${{amber_tries}} more after this\"",
+            "fi")
+
+
+def render(default: Entry, entries: list[Entry], timeout: int,
+           trial: TrialMenu | None = None) -> str:
     """menu.cfg: sourced by the static grub.cfg on the ESP, which sets amber_env (the
     environment block) and loads it first."""
     pinned = " ".join(str(e.number) for e in entries if e.pinned)
@@ -172,6 +220,7 @@ def render(default: Entry, entries: list[Entry], timeout: int) -> str:
         f"set timeout={timeout}",
         "set timeout_style=menu",
         f"set default={DEFAULT_ID}",
+        *(_trial_selection(trial) if trial else ()),
         # boot-once (amber boot-once N): consumed before anything boots, as grub-reboot's is.
         'if [ -n "${next_entry}" ]; then',
         '  set default="${next_entry}"',
@@ -179,10 +228,17 @@ def render(default: Entry, entries: list[Entry], timeout: int) -> str:
         '  save_env --file "${amber_env}" next_entry',
         '  echo "amber: booting ${default} once"',
         "fi",
-        *_entry_text(default, f"amber: snapshot {default.number} (default) - kernel "
-                     f"{default.release}", DEFAULT_ID, ""),
-        f"submenu 'amber: snapshots' --id {SUBMENU_ID} {{",
+        *_entry_text(default, f"amber: snapshot {default.number} (default"
+                     f"{', on trial' if trial else ''}) - kernel {default.release}",
+                     DEFAULT_ID, "", _trial_count(trial) if trial else ()),
     ]
+    if trial:
+        g, n = trial.fallback, trial.number
+        lines += _entry_text(g, f"amber: snapshot {g.number} (last good, if {n} fails) - "
+                             f"kernel {g.release}", FALLBACK_ID, "",
+                             (f"set amber_fell_back={n}",
+                              'save_env --file "${amber_env}" amber_fell_back'))
+    lines.append(f"submenu 'amber: snapshots' --id {SUBMENU_ID} {{")
     for item in entries:
         lines += _entry_text(item, item.title, entry_id(item.number), "  ")
     lines.append("}")
@@ -207,11 +263,11 @@ def listed(store: Store) -> tuple[int | None, set[int]]:
     return None, set()
 
 
-@dataclass(frozen=True)
-class Menu:
+class Menu(NamedTuple):
     default: Entry
     entries: list[Entry]
     warnings: list[str]
+    trial: TrialMenu | None = None
 
 
 def choose(store: Store, settings: BootConfig, default: int, *, full: bool,
@@ -238,8 +294,16 @@ def choose(store: Store, settings: BootConfig, default: int, *, full: bool,
         pinned = {s.number for s in store.list() if s.pinned and flags.get(s.number)}
     else:
         pinned = {n for n in listed(store)[1] if n in numbers}
+    from amber.health import verdicts
+
+    health = verdicts.load(store)
     container = store_subvolume(store)
-    default_entry = entry(store, store.get(default), container=container)
+
+    def note(number: int) -> str:
+        verdict = health.verdict(number)
+        return "" if verdict == verdicts.Verdict.GOOD else str(verdict)
+
+    default_entry = entry(store, store.get(default), container=container, note=note(default))
     entries, warnings = [default_entry], []
     for number in sorted((chosen | pinned) - {default}, reverse=True):
         if not read_only(number):
@@ -248,11 +312,20 @@ def choose(store: Store, settings: BootConfig, default: int, *, full: bool,
         if number not in chosen and not snapshot.pinned:
             continue  # unpinned since the last full refresh, by another tool
         try:
-            entries.append(entry(store, snapshot, container=container))
+            entries.append(entry(store, snapshot, container=container, note=note(number)))
         except Unbootable as e:
             warnings.append(f"snapshot {number} is left out of the boot menu: {e}")
     entries.sort(key=lambda e: e.number, reverse=True)
-    return Menu(default_entry, entries, warnings)
+    trial = None
+    if health.trial is not None and health.trial.snapshot == default and \
+            health.trial.fallback is not None and read_only(health.trial.fallback):
+        try:
+            fallback = entry(store, store.get(health.trial.fallback), container=container)
+            trial = TrialMenu(default, fallback, min(health.trial.tries, MAX_TRIES))
+        except Unbootable as e:
+            warnings.append(f"snapshot {default} boots without a trial: its fallback "
+                            f"{health.trial.fallback} cannot boot: {e}")
+    return Menu(default_entry, entries, warnings, trial)
 
 
 def write(store: Store, text: str) -> None:
@@ -304,7 +377,7 @@ def refresh(store: Store, *, default: int | None = None, full: bool = False,
         return []
     menu = choose(store, settings, number, full=full, exclude=exclude,
                   include={*include, *_boot_once(store, settings)})
-    write(store, render(menu.default, menu.entries, settings.timeout))
+    write(store, render(menu.default, menu.entries, settings.timeout, menu.trial))
     if commit:
         btrfs.sync(store.dir)
     for warning in menu.warnings:
@@ -343,7 +416,7 @@ def install(store: Store) -> None:
     except Unbootable as e:
         die(f"snapshot {number} cannot boot: {e}", hint="install a kernel in it first",
             code=ExitCode.REFUSED)
-    write(store, render(menu.default, menu.entries, settings.timeout))
+    write(store, render(menu.default, menu.entries, settings.timeout, menu.trial))
     from amber import btrfs
 
     btrfs.sync(store.dir)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from amber import __version__, log
+from amber.cli.adopt import add_init
 from amber.cli.common import Adder, common, plain
 from amber.cli.fleet import add_reboot
 from amber.cli.snapshots import (
@@ -76,8 +77,11 @@ VERBS: tuple[tuple[str, tuple[str, ...], str, Adder], ...] = (
     ("diff", (), "packages added, removed and changed between two snapshots", add_diff),
     ("reboot", (), "reboot when needed, inside the maintenance window, one fleet slot at a time",
      add_reboot),
+    ("init", (), "adopt a Debian system installed on btrfs, in place (--undo goes back)",
+     add_init),
 )
 NESTED = {"livepatch": "inspect, load and apply kernel live patches",
+          "health": "boot health: checks, trial boots, verdicts",
           "image": "build a bootable immutable Debian image",
           "etc": "the admin's edits to /etc and the update merge"}
 
@@ -162,6 +166,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             from amber.cli import etc
 
             etc.add_parser(sub, common)
+        elif name == "health":
+            from amber.cli import health
+
+            health.add_parser(sub, common)
         else:
             from amber.cli import image
 

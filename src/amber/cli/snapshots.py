@@ -35,7 +35,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     target = None if args.target is None else ref(args.target, ("booted", "default", "last"))
     result = system.rollback(args.root, target, revert_livepatches=args.revert_livepatches,
-                             wait=args.wait)
+                             wait=args.wait, force=args.force)
     if args.json:
         log.print_json(result)
     return 0
@@ -71,6 +71,8 @@ def cmd_boot_once(args: argparse.Namespace) -> int:
             if args.number is None:
                 die("boot-once needs a snapshot number (or --cancel)",
                     hint="amber boot-once N", code=ExitCode.USAGE)
+            number = store.resolve(ref(args.number))
+            system.refuse_bad(store, number, args.force, "boot-once")
             number = once.set_boot_once(store, settings, ref(args.number))
     if args.json:
         log.print_json({"next_boot_once": number})
@@ -110,6 +112,8 @@ def add_rollback(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revert-livepatches", action="store_true",
                    help="make the running kernel's live patches match the target now: "
                         "load its live patch, or unload the ones it does not have")
+    p.add_argument("--force", action="store_true",
+                   help="roll back even to a snapshot that failed its trial boot")
     p.set_defaults(handler=cmd_rollback)
 
 
@@ -125,6 +129,8 @@ def add_boot_once(p: argparse.ArgumentParser) -> None:
                    help="snapshot number (or 'booted', 'default')")
     p.add_argument("--cancel", action="store_true",
                    help="forget a boot-once that has not happened yet")
+    p.add_argument("--force", action="store_true",
+                   help="boot even a snapshot that failed its trial boot")
     p.set_defaults(handler=cmd_boot_once)
 
 
