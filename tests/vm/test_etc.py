@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from testing.vm import VM
+from testing.vm import VM, default_state
 from tests.vm.conftest import amber_status, vm_prerequisites
 
 pytestmark = pytest.mark.vm
@@ -20,10 +20,11 @@ pytestmark = pytest.mark.vm
 @pytest.fixture(scope="module")
 def etc_vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VM]:
     vm_prerequisites()
-    # A cache of its own when asked: building an image clears other images from its cache.
+    # The shared cache, as the other VM tests use it, or one of its own when asked: building an
+    # image clears the other images from its cache (another checkout's, for one).
     cache = os.environ.get("AMBER_ETC_VM_CACHE")
     machine = VM(state=tmp_path_factory.mktemp("vm"),
-                 cache=Path(cache) if cache else None)
+                 cache=Path(cache) if cache else default_state() / "cache")
     machine.start()
     try:
         yield machine
