@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from amber import log
 from amber.lock import assess, locked, read_lock_record
-from amber.log import ExitCode, die
+from amber.log import AmberError, ExitCode, die
 from amber.snapshots import PINNED_KEY, Ref, Snapshot, Store, shown, unicode_text
 from amber.transaction import read_state, set_default
 
@@ -169,13 +169,36 @@ def _layout_warnings(s: Store, booted: int | None, default: int | None) -> list[
     elif not s.is_read_only(default):
         warnings.append(f"the default snapshot {default} is writable, so the next boot may "
                         "not start what it held when it became the default")
-    if booted is not None and s.awaits_etc_merge(booted):
-        warnings.append(f"the /etc of the booted snapshot {booted} was not merged at boot: the "
-                        "admin's edits made before the update are in the previous snapshot's "
-                        "/etc (its initrd lacks amber's dracut module 90amber-etc, or the merge "
-                        "failed: see the boot log); 'amber initrd' and a reboot bring the "
-                        "module")
+    parent = _edits_not_merged(s, booted)
+    if parent is not None:
+        warnings.append(f"the /etc of the booted snapshot {booted} was not merged at boot, and "
+                        f"snapshot {parent}'s /etc changed after the update forked from it: "
+                        "what the admin edited there since is not in this one (the initrd "
+                        "lacks amber's dracut module 90amber-etc, or the merge failed: see the "
+                        "boot log); 'amber etc diff' lists the booted /etc's own edits, "
+                        "'amber initrd' and a reboot bring the module")
     return warnings
+
+
+def _edits_not_merged(s: Store, booted: int | None) -> int | None:
+    """The parent snapshot whose /etc changed after the booted snapshot forked from it, if the
+    booted snapshot's merge did not run. An /etc that nothing changed since the fork (one that a
+    boot without amber's hook left read-only) loses nothing, and is not reported. btrfs counts
+    access times as changes too (its generation), so a writable one that was only read is
+    reported as well: there the merge should have run, and did not."""
+    if booted is None or not s.awaits_etc_merge(booted):
+        return None  # the usual case: one lstat
+    from amber import btrfs
+    from amber.etc.syncpoint import pending_sync
+
+    try:
+        sync = pending_sync(s.etc_path(booted))
+    except AmberError:
+        return None  # a sync point amber cannot read: merge-pending says why
+    if sync is None or not s.has_etc_subvolume(sync.parent):
+        return None
+    edited = btrfs.generation(s.etc_path(sync.parent))
+    return sync.parent if edited > btrfs.created_generation(sync.syncpoint) else None
 
 
 def _etc_conflicts(root: Path, booted: int | None) -> tuple[str, ...]:

@@ -143,14 +143,25 @@ def test_update_fork_merge_conflict_rollback(system: System) -> None:
     assert not (system.root / ".snapshots/2").exists()
 
 
-def test_status_warns_when_the_boot_did_not_merge(system: System) -> None:
+@pytest.mark.parametrize("edited", [True, False])
+def test_status_warns_when_the_boot_did_not_merge(system: System, edited: bool) -> None:
     """A boot whose initrd lacks the hook (an initrd built before amber had it): the sync
-    point is still there, and status says so instead of hiding the lost edits."""
+    point is still there, and status says so when the old /etc was edited after the fork,
+    instead of hiding the edits; an /etc nobody could touch (read-only, as a boot without the
+    hook leaves it) loses nothing and is not reported."""
+    if not edited:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(system.root / "etc")], check=True)
     amber(system.root, "run", "--", "true")
+    if edited:
+        (system.root / "etc/after-the-fork.conf").write_text("x\n")
+    btrfs.sync(system.root / ".snapshots")
     reboot(system)  # without the merge
     st = status(system.root)
     assert st["booted"] == 2
-    assert any("was not merged at boot" in w for w in st["warnings"]), st["warnings"]
+    warned = [w for w in st["warnings"] if "was not merged at boot" in w]
+    assert bool(warned) == edited, st["warnings"]
+    if edited:
+        assert "snapshot 1's /etc changed" in warned[0]
     late = amber(system.root, "etc", "merge-pending", "2", check=False)
     assert late.returncode == 6 and "mounted" in late.stderr, late.stderr  # not under the system
     assert btrfs.is_read_only(system.snapshot(2))
