@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 ETC = "etc"  # each snapshot's /etc: a writable subvolume nested in the snapshot
 SYNCPOINT_NAME = "etc.syncpoint"  # /etc at the fork, nested in /etc (transactional-update's)
 # /etc as the transaction left it, kept read-only in the snapshot: `amber etc diff`'s reference
-# (as OSTree's /usr/etc); a nested subvolume, so it costs nothing.
+# (as OSTree's /usr/etc). A nested subvolume: the /etc the first-boot merge replaced, or a
+# snapshot made at close for a snapshot that waits for no merge.
 ETC_ORIGIN = "usr/lib/amber/etc-origin"
 # Writable subvolumes under @ shared by every snapshot (the layout is described in layout.py).
 SHARED_SUBVOLUMES = ("var", "home", "root", "opt", "srv", "usr/local")
