@@ -282,3 +282,20 @@ def test_merge_interrupted_before_the_swap_runs_again(system: System) -> None:
     assert not os.path.lexists(work)
     assert btrfs.is_read_only(snapshot)
     assert not any(n.startswith("2/snapshot/.etc") for n in subvolumes(system))
+
+
+def test_merge_with_the_parent_gone_keeps_the_update_and_says_so(system: System) -> None:
+    """The parent snapshot named by the sync point was deleted before the first boot: nothing
+    to merge from, a warning, the sync point dropped, the reference made, the root read-only."""
+    amber(system.root, "run", "--", "sh", "-c", "echo update > /etc/orphan.conf")
+    syncpoint = system.snapshot(2) / "etc/etc.syncpoint"
+    btrfs.set_read_only(syncpoint, False)
+    (syncpoint / "transactional-update.comparewith").write_text("99\n")
+    btrfs.set_read_only(syncpoint, True)
+    result = amber(system.root, "etc", "merge-pending", "2")
+    assert "parent snapshot 99 is gone" in result.stderr, result.stderr
+    assert not os.path.lexists(syncpoint)
+    assert btrfs.is_read_only(system.snapshot(2))
+    assert btrfs.is_read_only(system.snapshot(2) / "usr/lib/amber/etc-origin")
+    assert amber_json(system.root, "etc", "diff", "2")["changes"] == []
+    assert (system.snapshot(2) / "etc/orphan.conf").read_text() == "update\n"

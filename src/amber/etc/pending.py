@@ -75,6 +75,11 @@ def merge_pending(store: Store, number: int) -> MergeReport | None:
                  f"{sync.parent} is gone", hint=f"the admin's edits since the fork are not in "
                  f"it; compare with 'amber etc diff {number}'")
         _discard(etc / SYNCPOINT.decode())  # /etc is writable: the root need not be
+        _writable(store, number)
+        try:
+            store.record_etc_origin(number)  # etc diff's reference, as no merge makes one
+        finally:
+            store.set_read_only(number, True)
         return None
     if _mounted(etc):
         log.die(f"snapshot {number}'s /etc is mounted, in use by the running system: its merge "
@@ -139,9 +144,7 @@ def _merge(store: Store, number: int, base: Path, old: Path, work: Path) -> Merg
             store.set_read_only(number, True)
         raise
     # work is now the /etc as the transaction left it, with the real sync point in it
-    marker = _leftover_marker(etc)
-    assert marker is not None  # the sync point nested in the snapshot is an empty directory
-    _finish(store, number, work, marker)
+    _finish(store, number, work, _leftover_marker(etc))
     return report
 
 
@@ -152,7 +155,7 @@ def _writable(store: Store, number: int) -> None:
         store.set_read_only(number, False)
 
 
-def _finish(store: Store, number: int, work: Path, marker: Path) -> None:
+def _finish(store: Store, number: int, work: Path, marker: Path | None) -> None:
     """The end of a merge, in an order that a power cut at any point leaves to the next boot:
     the old /etc kept as `amber etc diff`'s reference, the root read-only again, and only then
     the marker removed. A snapshot that waits for its merge was closed read-only by its
@@ -161,7 +164,8 @@ def _finish(store: Store, number: int, work: Path, marker: Path) -> None:
     _keep_as_reference(store, number, work)
     if not store.is_read_only(number):
         store.set_read_only(number, True)
-    marker.rmdir()
+    if marker is not None:
+        marker.rmdir()
     btrfs.sync(store.dir)
 
 
