@@ -162,6 +162,8 @@ def test_status_warns_when_the_boot_did_not_merge(system: System, edited: bool) 
     assert bool(warned) == edited, st["warnings"]
     if edited:
         assert "snapshot 1's /etc changed" in warned[0]
+    unmerged = amber(system.root, "etc", "diff", check=False)
+    assert unmerged.returncode == 5 and "did not run" in unmerged.stderr, unmerged.stderr
     late = amber(system.root, "etc", "merge-pending", "2", check=False)
     assert late.returncode == 6 and "mounted" in late.stderr, late.stderr  # not under the system
     assert btrfs.is_read_only(system.snapshot(2))

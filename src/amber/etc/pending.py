@@ -204,6 +204,11 @@ def admin_diff(store: Store, number: int) -> tuple[PathChange, ...]:
 
     reference = store.path(number) / ETC_ORIGIN
     if not _is_subvolume(reference):
+        if store.awaits_etc_merge(number) and number == store.booted():
+            log.die(f"snapshot {number}'s first-boot merge did not run (see 'amber status' and "
+                    "the boot log): that merge keeps its /etc as the transaction left it, the "
+                    "reference of this diff", hint="'amber etc diff' of its parent snapshot "
+                    "shows the edits that were not carried over", code=log.ExitCode.NOT_FOUND)
         if store.awaits_etc_merge(number):
             log.die(f"snapshot {number} has not been booted yet: the merge at its first boot "
                     "keeps its /etc as the transaction left it, the reference of this diff",

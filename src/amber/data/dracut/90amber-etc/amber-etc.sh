@@ -60,7 +60,7 @@ amber_etc_main() {
         amber_status=$?
         [ $amber_status -eq 0 ] || amber_etc_say "the /etc merge failed (exit $amber_status): /etc is" \
             "as the update left it; the admin's edits since the update are in the previous" \
-            "snapshot's /etc (see 'amber etc diff')"
+            "snapshot's /etc (see 'amber status')"
         sync
         for point in $mounted; do umount "$point"; done
     fi
