@@ -224,8 +224,13 @@ def reset(root: Root) -> None:
     for name in os.listdir(root.path / ".snapshots"):
         if name.isdigit() and int(name) > root.count:
             directory = root.path / ".snapshots" / name
-            if btrfsutil.is_subvolume(str(directory / "snapshot")):
-                btrfsutil.delete_subvolume(str(directory / "snapshot"))
+            snapshot = str(directory / "snapshot")
+            if btrfsutil.is_subvolume(snapshot):
+                # Its /etc and the sync point are subvolumes nested in it (issue 11): they are
+                # unlinked from it, which needs it writable.
+                if btrfsutil.get_subvolume_read_only(snapshot):
+                    btrfsutil.set_subvolume_read_only(snapshot, False)
+                btrfsutil.delete_subvolume(snapshot, recursive=True)
             shutil.rmtree(directory)
     settle(root)
 

@@ -63,3 +63,54 @@ def pristine_image(include: tuple[str, ...] = INCLUDE) -> Path:
         top.rmdir()
     partial.rename(image)
     return image
+
+
+INSTALLER_RELEASE = "6.1.0-99-amd64"  # a stand-in kernel's files (the root tests boot nothing)
+
+
+def installer_image() -> Path:
+    """A Debian system laid out as Debian's installer lays out btrfs: the root in the subvolume
+    @rootfs (with /boot inside, /var and /home plain directories), an fstab naming it, GRUB's
+    settings, some data in /var and /home. Cached; for `amber init` tests."""
+    tarball = debian_tarball(INCLUDE)
+    key = _key(tarball.name, IMAGE_SIZE, "installer", "2")
+    image = CACHE / f"installer-{key}.img"
+    if image.exists():
+        return image
+    partial = image.with_suffix(".partial")
+    partial.unlink(missing_ok=True)
+    subprocess.run(["truncate", "-s", IMAGE_SIZE, str(partial)], check=True)
+    uuid = "c0ffee00-0000-4000-8000-00000000ad09"
+    subprocess.run(["mkfs.btrfs", "-q", "-f", "--uuid", uuid, str(partial)], check=True)
+    top = Path(tempfile.mkdtemp(prefix="amber-test-top-"))
+    subprocess.run(["mount", "-o", "loop", str(partial), str(top)], check=True)
+    try:
+        root = top / "@rootfs"
+        subprocess.run(["btrfs", "-q", "subvolume", "create", str(root)], check=True)
+        subprocess.run(["tar", "-xf", str(tarball), "-C", str(root)], check=True)
+        release = INSTALLER_RELEASE
+        (root / "boot").mkdir(exist_ok=True)
+        (root / f"boot/vmlinuz-{release}").write_text("a stand-in kernel\n")
+        (root / f"boot/initrd.img-{release}").write_text("a stand-in initrd\n")
+        (root / f"usr/lib/modules/{release}").mkdir(parents=True, exist_ok=True)
+        (root / "vmlinuz").symlink_to(f"boot/vmlinuz-{release}")
+        (root / "boot/efi").mkdir()
+        (root / "etc/fstab").write_text(
+            "# /etc/fstab: static file system information (as Debian's installer writes it)\n"
+            f"UUID={uuid} /               btrfs   defaults,subvol=@rootfs 0       0\n"
+            "UUID=ABCD-1234  /boot/efi       vfat    umask=0077      0       1\n")
+        (root / "etc/default").mkdir(exist_ok=True)
+        (root / "etc/default/grub").write_text(
+            'GRUB_DEFAULT=0\nGRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\n'
+            'GRUB_CMDLINE_LINUX="console=ttyS0"\n')
+        data = root / "var/lib/amber-adopt-test"
+        data.mkdir(parents=True)
+        with open(data / "data.bin", "wb") as f:
+            f.write(os.urandom(32 << 20))
+        (root / "home/alice").mkdir(parents=True)
+        (root / "home/alice/notes.txt").write_text("alice's notes\n")
+    finally:
+        subprocess.run(["umount", str(top)], check=True)
+        top.rmdir()
+    partial.rename(image)
+    return image

@@ -96,6 +96,11 @@ def stage(root: Path, changelog: Changelog) -> None:
     for path in python_files():
         write(root / DIST_PACKAGES / "amber" / path.relative_to(SOURCE), path.read_bytes())
     write(root / "usr/bin/amber", LAUNCHER, 0o755)
+    # amber's dracut modules (the /etc merge and mount at boot: amber.etc.pending)
+    for module in sorted((SOURCE / "data/dracut").iterdir()):
+        for path in sorted(module.iterdir()):
+            write(root / "usr/lib/dracut/modules.d" / module.name / path.name,
+                  path.read_bytes(), 0o755)
     date = _date(changelog.epoch)
     write(root / "usr/share/man/man8/amber.8.gz",
           gzipped(manpage.render(changelog.version, date).encode()))

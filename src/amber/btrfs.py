@@ -148,6 +148,13 @@ def generation(path: Path) -> int:
     return int(info.generation)
 
 
+def created_generation(path: Path) -> int:
+    """The transaction id in which the subvolume was created (its otransid)."""
+    bu = _btrfsutil()
+    info = _call("reading subvolume info", path, lambda: bu.subvolume_info(str(path)))
+    return int(info.otransid)
+
+
 def subvolumes_below(path: Path) -> dict[str, bool]:
     """Every subvolume below path (relative path → read-only), from one search of the tree
     instead of a call per subvolume."""
@@ -158,3 +165,14 @@ def subvolumes_below(path: Path) -> dict[str, bool]:
             return {name: bool(info.flags & 1) for name, info in subvolumes}
 
     return _call("listing subvolumes", path, collect)
+
+
+def has_nested_subvolumes(path: Path) -> bool:
+    """Whether any subvolume lies below the subvolume at path."""
+    bu = _btrfsutil()
+
+    def search() -> bool:
+        with bu.SubvolumeIterator(str(path)) as subvolumes:
+            return any(True for _ in subvolumes)
+
+    return _call("listing subvolumes", path, search)

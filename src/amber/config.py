@@ -68,11 +68,27 @@ class RebootConfig:
 
 
 @dataclass(frozen=True)
+class BootConfig:
+    menu_entries: int = 10  # the boot menu lists this many newest snapshots (plus pinned ones)
+    timeout: int = 3  # seconds GRUB shows the menu before it boots the default snapshot
+    esp: str = "/boot/efi"  # where the EFI system partition (GRUB's grubenv) is mounted
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    enabled: bool = False  # trial boots: a new default that does not come up healthy gives way
+    tries: int = 2  # boot attempts of a snapshot on trial before the last good one boots
+    timeout: int = 300  # seconds a trial boot has to reach a verdict, else it failed
+
+
+@dataclass(frozen=True)
 class Config:
     snapshots: SnapshotsConfig = field(default_factory=SnapshotsConfig)
     livepatch: LivepatchConfig = field(default_factory=LivepatchConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
     reboot: RebootConfig = field(default_factory=RebootConfig)
+    boot: BootConfig = field(default_factory=BootConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -138,7 +154,8 @@ def _section(cls: Any, data: Any, name: str, path: Path) -> Any:
 
 def parse(data: dict[str, Any], path: Path) -> Config:
     known = {"snapshots": SnapshotsConfig, "livepatch": LivepatchConfig,
-             "update": UpdateConfig, "reboot": RebootConfig}
+             "update": UpdateConfig, "reboot": RebootConfig, "boot": BootConfig,
+             "health": HealthConfig}
     sections: dict[str, Any] = {}
     for name, value in data.items():
         if name not in known:
@@ -151,6 +168,15 @@ def parse(data: dict[str, Any], path: Path) -> Config:
             code=ExitCode.CONFIG)
     if config.snapshots.keep < 1:
         die(f"{path}: keep must be at least 1", code=ExitCode.CONFIG)
+    if config.boot.menu_entries < 1 or not 0 <= config.boot.timeout <= 3600:
+        die(f"{path}: [boot] needs menu_entries of at least 1 and a timeout of 0 to 3600 s",
+            code=ExitCode.CONFIG)
+    if not 1 <= config.health.tries <= 9 or not 30 <= config.health.timeout <= 86400:
+        die(f"{path}: [health] needs tries from 1 to 9 and a timeout from 30 to 86400 s",
+            code=ExitCode.CONFIG)
+    if not config.boot.esp.startswith("/"):
+        die(f"{path}: esp in [boot] must be an absolute path, not {config.boot.esp!r}",
+            code=ExitCode.CONFIG)
     low, high = MODULE_SIZE_RANGE
     if not low <= config.livepatch.max_module_size <= high:
         die(f"{path}: max_module_size in [livepatch] must be between {low // MiB} MiB and "

@@ -200,8 +200,23 @@ def apt_sources_text(root: Path = Path("/")) -> str:
 def rootfs_key(spec: ImageSpec, sources: str) -> str:
     """The cache key of the mmdebstrap tarball: everything that changes its content."""
     inputs = {"suite": SUITE, "packages": packages(spec), "dracut": DRACUT_CONF,
+              "dracut_modules": _dracut_modules_digest(),
               "dpkg": DPKG_OPTIONS, "sources": sources, "format": 1}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# amber's own dracut modules (90amber-etc: /etc at boot), in place before the kernel's postinst
+# builds the first initrd; amber's package installs the same files.
+DRACUT_MODULES = Path(__file__).parent / "data/dracut"
+DRACUT_MODULES_PATH = "usr/lib/dracut/modules.d"
+
+
+def _dracut_modules_digest() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(DRACUT_MODULES.rglob("*")):
+        if path.is_file():
+            digest.update(str(path.relative_to(DRACUT_MODULES)).encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def file_hash(path: Path) -> str:
@@ -298,7 +313,9 @@ def rootfs_tarball(spec: ImageSpec, cache_dir: Path) -> Path:
         conf.write_text(DRACUT_CONF)
         target = f'"$1/{DRACUT_CONF_PATH}"'
         hook = (f'mkdir -p "$1/{os.path.dirname(DRACUT_CONF_PATH)}" && '
-                f"cp {shlex.quote(str(conf))} {target}")
+                f"cp {shlex.quote(str(conf))} {target} && "
+                f'mkdir -p "$1/{DRACUT_MODULES_PATH}" && '
+                f'cp -r {shlex.quote(str(DRACUT_MODULES))}/. "$1/{DRACUT_MODULES_PATH}/"')
         argv = ["mmdebstrap", "--mode=root", "--variant=minbase",
                 f"--include={','.join(packages(spec))}",
                 *[f"--dpkgopt={option}" for option in DPKG_OPTIONS],

@@ -5,6 +5,13 @@ btrfs top level (id 5)
     ├── .snapshots         mounted at /.snapshots; <N>/snapshot and <N>/info.xml
     └── var, home, root, opt, srv, usr/local   writable, shared by every snapshot
 
+Each snapshot's /etc is its own writable subvolume nested in the snapshot (<N>/snapshot/etc),
+as transactional-update >= 5 lays it out: the rest of the snapshot is read-only, /etc can be
+edited on the booted system and rolls back with its snapshot. A transaction snapshots the base's
+/etc into the new snapshot's (snapshots.carry_etc); the booted system mounts it read-write from
+the initrd (data/dracut/90amber-etc), which also merges the admin's edits into a new snapshot at
+its first boot (amber.etc).
+
 Package databases live inside the snapshot (/usr/lib/sysimage/<db>), so that a rollback rolls
 them back too; /var/lib/dpkg and /var/lib/rpm are symbolic links to them, as SUSE does for rpm.
 """
@@ -17,8 +24,8 @@ from pathlib import Path
 
 from amber import btrfs
 from amber.run import run
+from amber.snapshots import ETC, Snapshot, Store, make_etc_subvolume, now_utc
 from amber.snapshots import SHARED_SUBVOLUMES as SHARED_SUBVOLUMES  # re-exported
-from amber.snapshots import Snapshot, Store, now_utc
 
 CONTAINER = "@"
 # (path inside the root, where it lives inside the snapshot)
@@ -72,12 +79,17 @@ def relocate_package_databases(rootfs: Path) -> None:
         old.symlink_to(link)
 
 
-def finish(top: Path, description: str = "first root filesystem") -> None:
-    """Split the shared subvolumes off snapshot 1, close it and make it the default."""
+def finish(top: Path, description: str = "first root filesystem",
+           skip: tuple[str, ...] = ()) -> None:
+    """Split the shared subvolumes off snapshot 1 (but `skip`, which stay mounts of their own),
+    close it and make it the default."""
     container = top / CONTAINER
     snapshot = first_snapshot_path(top)
     relocate_package_databases(snapshot)
     for name in SHARED_SUBVOLUMES:
+        if name in skip:
+            (snapshot / name).mkdir(parents=True, exist_ok=True)
+            continue
         shared = container / name
         shared.parent.mkdir(parents=True, exist_ok=True)
         btrfs.create_subvolume(shared)
@@ -95,9 +107,12 @@ def finish(top: Path, description: str = "first root filesystem") -> None:
                 link.symlink_to(os.path.relpath(snapshot / in_snapshot, link.parent))
     _point_rpm_at_its_database(snapshot)
     (snapshot / ".snapshots").mkdir(exist_ok=True)
+    (snapshot / ETC).mkdir(exist_ok=True)
+    make_etc_subvolume(snapshot / ETC)
     store = Store(container)
     store.write_info(Snapshot(number=1, date=now_utc(), description=description,
                               userdata={"important": "yes"}))
+    store.record_etc_origin(1)
     btrfs.set_read_only(snapshot, True)
     btrfs.set_default_subvolume(top, btrfs.subvolume_id(snapshot))
     btrfs.sync(top)

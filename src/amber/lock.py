@@ -191,6 +191,9 @@ def locked(store: Store, wait: bool = False) -> Iterator[Lock]:
             log.info(f"waiting for another amber transaction ({who}{what}) to finish…")
             fcntl.flock(fd, fcntl.LOCK_EX)
         recover(lock)
+        from amber.boot import menu
+
+        menu.repair(store)
         yield lock
     finally:
         os.close(fd)

@@ -22,6 +22,12 @@ from amber.log import AmberError, ExitCode, die
 if TYPE_CHECKING:
     import re
 
+ETC = "etc"  # each snapshot's /etc: a writable subvolume nested in the snapshot
+SYNCPOINT_NAME = "etc.syncpoint"  # /etc at the fork, nested in /etc (transactional-update's)
+# /etc as the transaction left it, kept read-only in the snapshot: `amber etc diff`'s reference
+# (as OSTree's /usr/etc). A nested subvolume: the /etc the first-boot merge replaced, or a
+# snapshot made at close for a snapshot that waits for no merge.
+ETC_ORIGIN = "usr/lib/amber/etc-origin"
 # Writable subvolumes under @ shared by every snapshot (the layout is described in layout.py).
 SHARED_SUBVOLUMES = ("var", "home", "root", "opt", "srv", "usr/local")
 IN_PROGRESS_KEY = "transactional-update-in-progress"
@@ -526,10 +532,40 @@ class Store:
                     code=ExitCode.NO_SPACE)
             raise AmberError(f"cannot write {path}: {e.strerror}") from e
 
+    def etc_path(self, number: int) -> Path:
+        return self.path(number) / ETC
+
+    def has_etc_subvolume(self, number: int) -> bool:
+        """Whether the snapshot's /etc is its own (nested, writable) subvolume."""
+        return _is_real_subvolume(self.etc_path(number))
+
+    def awaits_etc_merge(self, number: int) -> bool:
+        """Whether the snapshot's /etc holds a sync point: a merge at its first boot."""
+        return os.path.lexists(self.etc_path(number) / SYNCPOINT_NAME)
+
+    def record_etc_origin(self, number: int) -> None:
+        """Keep a read-only snapshot of the (still writable) snapshot's /etc as it is now."""
+        if not self.has_etc_subvolume(number):
+            return
+        origin = self.path(number) / ETC_ORIGIN
+        if origin.is_dir() and btrfs.is_subvolume(origin):
+            btrfs.delete_subvolume(origin)
+        origin.parent.mkdir(parents=True, exist_ok=True)
+        # The nested sync point shows there as an empty directory: `amber etc diff` ignores it.
+        btrfs.create_snapshot(self.etc_path(number), origin, read_only=True)
+
     def create(self, number: int, base: int, snapshot: Snapshot, *, read_only: bool) -> None:
-        """Snapshot `base` into the reserved `number`; info.xml is written first."""
+        """Snapshot `base` into the reserved `number`, with its /etc subvolume (made one if
+        `base` still has /etc inside its root); info.xml is written first."""
         self.write_info(snapshot.cleaned())
-        btrfs.create_snapshot(self.path(base), self.path(number), read_only=read_only)
+        new = self.path(number)
+        btrfs.create_snapshot(self.path(base), new, read_only=False)
+        carry_etc(self.etc_path(base), new / ETC)
+        origin = new / ETC_ORIGIN
+        if origin.is_dir() and not origin.is_symlink() and not btrfs.is_subvolume(origin):
+            origin.rmdir()  # the base's reference, shown as an empty directory
+        if read_only:
+            btrfs.set_read_only(new, True)
 
     def delete(self, number: int) -> None:
         directory = self.dir / str(number)
@@ -537,6 +573,10 @@ class Store:
             return  # not a snapshot; what it points at is not amber's to delete
         path = directory / "snapshot"
         if not path.is_symlink() and path.is_dir() and btrfs.is_subvolume(path):
+            if btrfs.is_read_only(path) and btrfs.has_nested_subvolumes(path):
+                # A nested subvolume (/etc) is unlinked from its parent: that needs the
+                # parent writable for a moment, as transactional-update's 50-etc does.
+                btrfs.set_read_only(path, False)
             btrfs.delete_subvolume(path)
         import shutil
 
@@ -561,6 +601,57 @@ class Store:
                                           for k, v in userdata.items()})
         self.write_info(snapshot)
         return snapshot
+
+
+def _is_real_subvolume(path: Path) -> bool:
+    return not path.is_symlink() and path.is_dir() and btrfs.is_subvolume(path)
+
+
+def carry_etc(base_etc: Path, new_etc: Path) -> None:
+    """Give a new (still writable) snapshot its own /etc subvolume.
+
+    A btrfs snapshot shows a nested subvolume as an empty directory: that is replaced by a
+    writable snapshot of the base's /etc subvolume. A base whose /etc is a plain directory
+    (made before amber kept /etc apart) is converted: the new /etc becomes a subvolume holding
+    a reflink copy. Subvolumes nested in the new /etc (a sync point) come out as empty
+    directories and are removed: the caller makes the sync point it needs.
+    """
+    if new_etc.is_symlink() or not new_etc.is_dir():
+        return  # no /etc at all (a bare test root) or a link: nothing to keep apart
+    if _is_real_subvolume(base_etc):
+        new_etc.rmdir()
+        btrfs.create_snapshot(base_etc, new_etc, read_only=False)
+    else:
+        make_etc_subvolume(new_etc)
+    inside = new_etc / SYNCPOINT_NAME
+    if inside.is_dir() and not inside.is_symlink():
+        if btrfs.is_subvolume(inside):
+            btrfs.delete_subvolume(inside)
+        else:
+            inside.rmdir()
+
+
+def make_etc_subvolume(etc: Path) -> None:
+    """Turn the plain directory etc (in a writable snapshot) into a subvolume with the same
+    contents, owner and mode (a reflink copy: the data is shared, not written again)."""
+    if _is_real_subvolume(etc):
+        return
+    import shutil
+
+    from amber.run import run
+
+    staging = etc.with_name(f".{etc.name}.amber-new")
+    if staging.is_dir() and btrfs.is_subvolume(staging):
+        btrfs.delete_subvolume(staging)  # left by an interrupted conversion
+    btrfs.create_subvolume(staging)
+    entries = [str(e) for e in etc.iterdir()]
+    if entries:
+        run(["cp", "-a", "--reflink=auto", "--", *entries, f"{staging}/"])
+    st = os.lstat(etc)
+    os.chown(staging, st.st_uid, st.st_gid)
+    shutil.copystat(etc, staging)
+    shutil.rmtree(etc)
+    os.rename(staging, etc)
 
 
 def _remove(path: str) -> None:

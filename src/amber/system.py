@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from amber import log
 from amber.lock import assess, locked, read_lock_record
-from amber.log import ExitCode, die
+from amber.log import AmberError, ExitCode, die
 from amber.snapshots import PINNED_KEY, Ref, Snapshot, Store, shown, unicode_text
 from amber.transaction import read_state, set_default
 
@@ -36,6 +36,12 @@ class Status(NamedTuple):
     # The live patch, active now, that is the only change from booted to default.
     covered_by_livepatch: str | None = None
     warnings: tuple[str, ...] = ()
+    boot_menu: bool = False  # the system boots through amber's GRUB menu
+    next_boot_once: int | None = None
+    health: str | None = None  # the booted snapshot's verdict: good, bad or trial
+    last_rollback: dict[str, Any] | None = None  # the last automatic rollback
+    # /etc paths the booted snapshot's first-boot merge left in conflict (amber etc conflicts)
+    etc_conflicts: tuple[str, ...] = ()
 
     @property
     def reboot_needed(self) -> bool:
@@ -48,12 +54,28 @@ class Status(NamedTuple):
                 "reboot_needed": self.reboot_needed,
                 "reboot_avoided_by_livepatch": self.covered_by_livepatch,
                 "warnings": list(self.warnings), "reboot": self.reboot,
+                "boot_menu": self.boot_menu, "next_boot_once": self.next_boot_once,
+                "health": self.health, "last_rollback": self.last_rollback,
+                "etc_conflicts": list(self.etc_conflicts),
                 **({"livepatch": {**self.livepatch.as_json(),
                                   "drift": self.livepatch.drift_json()}}
                    if self.livepatch else {})}
 
     def render(self) -> str:
         lines = [f"booted snapshot:   {self.booted}", f"default snapshot:  {self.default}"]
+        if self.next_boot_once is not None:
+            lines.append(f"next boot, once:   {self.next_boot_once} (then the default again)")
+        if self.health is not None:
+            lines.append(f"health:            {self.health}")
+        last = self.last_rollback
+        if last is not None:
+            lines.append(f"last automatic rollback: snapshot {last['from']} → {last['to']} at "
+                         f"{last['time']} ({last['reason']}"
+                         + (f": {last['detail']}" if last["detail"] else "") + ")"
+                         + (f"; output in {last['log']}" if last["log"] else ""))
+        if self.booted is not None and self.default is not None and self.booted != self.default:
+            lines.append(f"note: the booted snapshot {self.booted} is not the default; "
+                         f"'amber rollback' makes it the default")
         if self.in_progress:
             lines.append(f"in progress:       {', '.join(map(str, self.in_progress))}")
         if self.interrupted:
@@ -66,6 +88,9 @@ class Status(NamedTuple):
                          f"{self.covered_by_livepatch}, which is active now")
         else:
             lines.append("reboot needed:     no")
+        if self.etc_conflicts:
+            lines.append(f"/etc conflicts:    {len(self.etc_conflicts)} from the update's merge "
+                         "(the admin's version kept); see 'amber etc conflicts'")
         inactive = self.reboot.get("livepatch_inactive")
         if inactive:
             lines.append(f"live patch not active: {inactive}")
@@ -105,8 +130,21 @@ def status(root: Path) -> Status:
 
     reboot = status_json(root, default is not None and default != booted and covered is None,
                          booted, default, covered)
+    from amber.boot import menu
+
+    boot_menu, once, health, last = menu.managed(s), None, None, None
+    if boot_menu:
+        from amber import config
+        from amber.boot.once import next_boot_once
+        from amber.health import verdicts
+
+        once = next_boot_once(s, config.load(root).boot)
+        health_record = verdicts.load(s)
+        health = str(health_record.verdict(booted)) if booted is not None else None
+        last = (health_record.last_rollback.as_json() if health_record.last_rollback
+                else None)
     return Status(str(root), booted, default, running, interrupted, seen, reboot, covered,
-                  tuple(warnings))
+                  tuple(warnings), boot_menu, once, health, last, _etc_conflicts(root, booted))
 
 
 def _layout_warnings(s: Store, booted: int | None, default: int | None) -> list[str]:
@@ -131,7 +169,45 @@ def _layout_warnings(s: Store, booted: int | None, default: int | None) -> list[
     elif not s.is_read_only(default):
         warnings.append(f"the default snapshot {default} is writable, so the next boot may "
                         "not start what it held when it became the default")
+    parent = _edits_not_merged(s, booted)
+    if parent is not None:
+        warnings.append(f"the /etc of the booted snapshot {booted} was not merged at boot, and "
+                        f"snapshot {parent}'s /etc changed after the update forked from it: "
+                        "what the admin edited there since is not in this one (the initrd "
+                        "lacks amber's dracut module 90amber-etc, or the merge failed: see the "
+                        "boot log); 'amber etc diff' lists the booted /etc's own edits, "
+                        "'amber initrd' and a reboot bring the module")
     return warnings
+
+
+def _edits_not_merged(s: Store, booted: int | None) -> int | None:
+    """The parent snapshot whose /etc changed after the booted snapshot forked from it, if the
+    booted snapshot's merge did not run. An /etc that nothing changed since the fork (one that a
+    boot without amber's hook left read-only) loses nothing, and is not reported. btrfs counts
+    access times as changes too (its generation), so a writable one that was only read is
+    reported as well: there the merge should have run, and did not."""
+    if booted is None or not s.awaits_etc_merge(booted):
+        return None  # the usual case: one lstat
+    from amber import btrfs
+    from amber.etc.syncpoint import pending_sync
+
+    try:
+        sync = pending_sync(s.etc_path(booted))
+    except AmberError:
+        return None  # a sync point amber cannot read: merge-pending says why
+    if sync is None or not s.has_etc_subvolume(sync.parent):
+        return None
+    edited = btrfs.generation(s.etc_path(sync.parent))
+    return sync.parent if edited > btrfs.created_generation(sync.syncpoint) else None
+
+
+def _etc_conflicts(root: Path, booted: int | None) -> tuple[str, ...]:
+    if booted is None or not (root / "var/lib/amber/etc-merge" / str(booted)).is_dir():
+        return ()  # the usual case, without importing the merge
+    from amber.etc.pending import stored_conflicts
+    from amber.etc.tree import decode
+
+    return tuple(decode(c.path) for c in stored_conflicts(root, booted))
 
 
 def _livepatch_status(s: Store, booted: int | None, default: int | None
@@ -161,6 +237,7 @@ class Row(NamedTuple):
     read_only: bool
     default: bool
     booted: bool
+    health: str = "good"  # the boot verdict: good, bad or trial (amber.health)
 
     def as_json(self) -> dict[str, Any]:
         s = self.snapshot
@@ -170,14 +247,18 @@ class Row(NamedTuple):
                 "pinned": s.pinned, "in_progress": s.in_progress,
                 "cleanup": unicode_text(s.cleanup), "type": unicode_text(s.type),
                 "userdata": {unicode_text(k): unicode_text(v) for k, v in s.userdata.items()},
-                "broken": s.broken or None}
+                "broken": s.broken or None, "health": self.health}
 
 
 def snapshot_rows(root: Path) -> list[Row]:
     s = store(root)
     booted, default = s.booted(), s.default()
     flags = s.read_only_flags()
-    rows = [Row(s.get(n), flags[n], n == default, n == booted) for n in s.numbers() if n in flags]
+    from amber.health import verdicts
+
+    health = verdicts.load(s)
+    rows = [Row(s.get(n), flags[n], n == default, n == booted, str(health.verdict(n)))
+            for n in s.numbers() if n in flags]
     for row in rows:
         if row.snapshot.broken:
             _warn_broken(s, row.snapshot)
@@ -190,16 +271,17 @@ def _warn_broken(s: Store, snapshot: Snapshot) -> None:
 
 
 def render_snapshot_table(rows: list[Row]) -> str:
-    lines = [f"{'#':>5}  {'flags':<6} {'date':<19}  description"]
+    lines = [f"{'#':>5}  {'flags':<7} {'date':<19}  description"]
     for r in rows:
         flags = ("*" if r.booted else " ") + ("+" if r.default else " ") + \
                 ("P" if r.snapshot.pinned else " ") + ("w" if not r.read_only else " ") + \
-                ("!" if r.snapshot.broken else " ")
+                ("!" if r.snapshot.broken else " ") + \
+                {"bad": "X", "trial": "T"}.get(r.health, " ")
         text = f"({r.snapshot.broken})" if r.snapshot.broken else r.snapshot.description
-        lines.append(f"{r.snapshot.number:>5}  {flags:<6} {shown(r.snapshot.date):<19}  "
+        lines.append(f"{r.snapshot.number:>5}  {flags:<7} {shown(r.snapshot.date):<19}  "
                      f"{shown(text)}")
     lines.append("flags: * booted, + default (next boot), P pinned, w writable, "
-                 "! metadata unreadable")
+                 "! metadata unreadable, T on trial, X failed its trial boot")
     return "\n".join(lines)
 
 
@@ -210,8 +292,18 @@ def resolve_pair(root: Path, a: Ref, b: Ref) -> tuple[int, int]:
     return s.resolve(a), s.resolve(b)
 
 
+def refuse_bad(s: Store, number: int, force: bool, verb: str) -> None:
+    """A snapshot that failed its trial boot is not booted again by mistake."""
+    from amber.health import verdicts
+
+    if verdicts.load(s).verdict(number) == verdicts.Verdict.BAD and not force:
+        die(f"snapshot {number} failed its trial boot (health: bad)",
+            hint=f"see 'amber status'; 'amber {verb} --force {number}' if you mean it",
+            code=ExitCode.REFUSED)
+
+
 def rollback(root: Path, target: Ref | None, *, revert_livepatches: bool = False,
-             wait: bool = False) -> dict[str, Any]:
+             wait: bool = False, force: bool = False) -> dict[str, Any]:
     s = store(root)
     with locked(s, wait):
         booted, default = s.booted(), s.default()
@@ -238,6 +330,7 @@ def rollback(root: Path, target: Ref | None, *, revert_livepatches: bool = False
         if not s.is_read_only(number):
             die(f"snapshot {number} is writable, so it would not boot the same system twice",
                 hint="pick a read-only snapshot", code=ExitCode.REFUSED)
+        refuse_bad(s, number, force, "rollback")
         if number == default:
             log.info(f"snapshot {number} is already the default")
         else:
@@ -270,7 +363,20 @@ def pin(root: Path, ref: Ref, *, pinned: bool, wait: bool = False) -> None:
     with locked(s, wait):
         number = s.resolve(ref)
         s.update(number, {PINNED_KEY: "yes" if pinned else None})
+        refresh_menu(s)
     log.info(f"snapshot {number} {'pinned' if pinned else 'unpinned'}")
+
+
+def refresh_menu(s: Store, exclude: Collection[int] = ()) -> None:
+    """After pin, unpin, delete and cleanup: the menu of a system that boots through it, with
+    every snapshot's metadata read again."""
+    from amber.boot import menu
+
+    try:
+        menu.refresh(s, full=True, exclude=exclude)
+    except menu.Unbootable as e:
+        log.warn(f"the boot menu is unchanged: the default snapshot cannot boot: {e}",
+                 hint="amber rollback N to a snapshot that boots")
 
 
 def _refuse_delete(s: Store, number: int, booted: int | None, default: int | None) -> None:
@@ -295,6 +401,7 @@ def delete(root: Path, refs: list[Ref], *, wait: bool = False) -> None:
         numbers = list(dict.fromkeys(s.resolve(ref) for ref in refs))
         for n in numbers:
             _refuse_delete(s, n, booted, default)
+        refresh_menu(s, exclude=numbers)  # out of the menu before they are gone
         for n in numbers:
             s.delete(n)
             log.info(f"deleted snapshot {n}")
@@ -347,6 +454,8 @@ def cleanup(root: Path, *, keep: int | None = None, wait: bool = False) -> list[
                 _warn_broken(s, snapshot)
         read_only = {n for n, flag in s.read_only_flags().items() if flag}
         doomed = cleanup_candidates(snapshots, keep, protected, read_only)
+        if doomed:
+            refresh_menu(s, exclude=doomed)  # out of the menu before they are gone
         for n in doomed:
             s.delete(n)
         doomed = sorted([*lock.recovered, *doomed])

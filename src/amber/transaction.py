@@ -21,7 +21,14 @@ from amber.lock import NO_SPACE_HINT, Lock
 from amber.lock import locked as locked  # the lock of a root, for the other write commands
 from amber.log import AmberError, ExitCode, die
 from amber.signals import critical
-from amber.snapshots import IN_PROGRESS_KEY, Snapshot, Store, clean_text, now_utc
+from amber.snapshots import (
+    IN_PROGRESS_KEY,
+    SYNCPOINT_NAME,
+    Snapshot,
+    Store,
+    clean_text,
+    now_utc,
+)
 
 STATE_NAME = ".amber-state.json"
 
@@ -80,11 +87,17 @@ def write_state(store: Store, **changes: Any) -> None:
 def set_default(store: Store, number: int) -> None:
     """Make `number` the next boot's default, remembering the previous one for 'rollback last'.
     Once begun, a signal cannot stop it half-way."""
+    from amber.boot import menu
+
+    menu.require_bootable(store, number, ExitCode.REFUSED)
     previous = store.default()
     if previous is not None and previous != number:
         write_state(store, previous_default=previous)
     with critical():
         btrfs.sync(store.dir)
+        # The menu naming `number` and the default itself land in one btrfs commit (the sync
+        # below): GRUB, which reads only committed trees, sees both or neither.
+        menu.refresh(store, default=number, commit=False)
         store.set_default(number)
         btrfs.sync(store.dir)
 
@@ -194,6 +207,58 @@ def _generation(path: Path) -> int:
     return btrfs.generation(path)
 
 
+def _generations(store: Store, number: int) -> tuple[int, ...]:
+    """The snapshot's generation and its /etc subvolume's: a change to either counts."""
+    found = [_generation(store.path(number))]
+    if store.has_etc_subvolume(number):
+        found.append(btrfs.generation(store.etc_path(number)))
+    return tuple(found)
+
+
+def record_fork_point(store: Store, number: int, base: int, booted: int | None) -> None:
+    """Keep /etc as it is at the fork, the base of the merge at the first boot of `number`.
+
+    Forked from the running system: a read-only snapshot of the new /etc (a snapshot of the
+    running one an instant ago) as etc/etc.syncpoint, holding transactional-update.comparewith
+    with the base's number, as transactional-update >= 5 does. The marker is written into the
+    new /etc first and removed after, so that the sync point is made read-only with it in one
+    btrfs commit rather than two; it is durable with the rest (close() syncs before the
+    default). Forked from a snapshot that was not booted yet (--continue): that snapshot's own
+    sync point, when it has one."""
+    from amber.etc.syncpoint import COMPAREWITH
+
+    if not store.has_etc_subvolume(number):
+        return
+    etc = store.etc_path(number)
+    syncpoint = etc / SYNCPOINT_NAME
+    if base == booted:
+        marker = etc / COMPAREWITH.decode()
+        try:
+            with open(marker, "x", encoding="ascii") as f:
+                f.write(f"{base}\n")
+        except OSError as e:
+            raise AmberError(f"cannot write {marker}: {e.strerror}",
+                             hint=f"remove {marker}: transactional-update keeps that file in "
+                                  "the sync point, never in /etc itself") from e
+        try:
+            btrfs.create_snapshot(etc, syncpoint, read_only=True)
+        finally:
+            marker.unlink()
+        return
+    inherited = store.etc_path(base) / SYNCPOINT_NAME
+    if inherited.is_dir() and not inherited.is_symlink() and btrfs.is_subvolume(inherited):
+        btrfs.create_snapshot(inherited, syncpoint, read_only=True)
+
+
+def record_etc_at_close(store: Store, number: int) -> None:
+    """`amber etc diff`'s reference, /etc as the transaction leaves it. A snapshot that waits
+    for a first-boot merge gets it from that merge, which replaces exactly this /etc and keeps
+    it (etc.pending): that spares the transaction a btrfs commit. Any other snapshot gets a
+    read-only snapshot of its /etc now."""
+    if not store.awaits_etc_merge(number):
+        store.record_etc_origin(number)
+
+
 Steps = Callable[[WorkingSnapshot], None]
 
 
@@ -216,10 +281,11 @@ def execute(options: Options, steps: Steps, description: str) -> Result:
                 number=number, date=now_utc(), description=text, cleanup="number",
                 userdata={IN_PROGRESS_KEY: "yes", "base": str(base)},
             ), read_only=False)
+            record_fork_point(store, number, base, booted)
             chroot = WorkingSnapshot(store, number, base)
-            before = _generation(chroot.path) if options.drop_if_no_change else 0
+            before = _generations(store, number) if options.drop_if_no_change else ()
             steps(chroot)
-            if options.drop_if_no_change and _generation(chroot.path) == before:
+            if options.drop_if_no_change and _generations(store, number) == before:
                 log.step(f"nothing changed: dropping snapshot {number}")
                 with critical():
                     store.delete(number)
@@ -273,9 +339,21 @@ def _clear_quietly(lock: Lock) -> None:
 def close(store: Store, number: int) -> None:
     """Read-only first, then the mark off, then the default: a crash before the default leaves
     either an unfinished snapshot (writable, marked) that recovery removes, or a complete one."""
+    from amber.boot import menu
+
+    # Before anything is final: a snapshot the boot menu could not boot never becomes the default.
+    menu.require_bootable(store, number, ExitCode.STEP_FAILED, closing=True)
     log.step(f"closing snapshot {number}: read-only, default for the next boot")
+    # While the root is still writable and marked unfinished: a crash here leaves a snapshot
+    # that recovery removes.
+    record_etc_at_close(store, number)
     store.set_read_only(number, True)
     store.update(number, {IN_PROGRESS_KEY: None})
+    if menu.managed(store):
+        from amber import config
+        from amber.health import trial
+
+        trial.begin(store, number, config.load(store.root))  # its first boot is a trial
     set_default(store, number)
 
 

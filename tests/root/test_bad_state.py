@@ -26,7 +26,7 @@ pytestmark = pytest.mark.root
 
 # The keys README documents for every row of `amber snapshots --json`.
 ROW_KEYS = {"number", "date", "description", "read_only", "default", "booted", "pinned",
-            "in_progress", "cleanup", "type", "userdata", "broken"}
+            "in_progress", "cleanup", "type", "userdata", "broken", "health"}
 
 
 def info_xml(number: int | str, description: str = "", userdata: dict[str, str] | None = None,

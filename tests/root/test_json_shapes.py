@@ -26,10 +26,13 @@ MAYBE_TEXT = (str, type(None))
 
 STATUS = {"root": str, "booted": MAYBE_NUMBER, "default": MAYBE_NUMBER, "in_progress": list,
           "interrupted": list, "reboot_needed": bool,
-          "reboot_avoided_by_livepatch": MAYBE_TEXT, "warnings": list, "reboot": dict}
+          "reboot_avoided_by_livepatch": MAYBE_TEXT, "warnings": list, "reboot": dict,
+          "boot_menu": bool, "next_boot_once": MAYBE_NUMBER, "health": MAYBE_TEXT,
+          "last_rollback": (dict, type(None)), "etc_conflicts": list}
 SNAPSHOT_ROW = {"number": NUMBER, "date": str, "description": str, "read_only": bool,
                 "default": bool, "booted": bool, "pinned": bool, "in_progress": bool,
-                "cleanup": str, "type": str, "userdata": dict, "broken": MAYBE_TEXT}
+                "cleanup": str, "type": str, "userdata": dict, "broken": MAYBE_TEXT,
+                "health": str}
 TRANSACTION = {"snapshot": MAYBE_NUMBER, "base": NUMBER, "description": str, "dropped": bool,
                "default": MAYBE_NUMBER, "changed": bool}
 DIFF = {"added": list, "removed": list, "changed": list}
@@ -40,6 +43,12 @@ LIVEPATCH_VIEW = {"booted": MAYBE_NUMBER, "default": MAYBE_NUMBER, "patches": li
                   "drift": list}
 ROLLBACK = {"default": NUMBER, "previous_default": MAYBE_NUMBER, "booted": MAYBE_NUMBER,
             "reverted_livepatches": list}
+ETC_DIFF = {"snapshot": NUMBER, "changes": list}
+ETC_CHANGE = {"path": str, "change": str, "type": str}
+ETC_MODIFIED = {**ETC_CHANGE, "attributes": list}
+ETC_CONFLICTS = {"snapshot": NUMBER, "directory": str, "conflicts": list}
+ETC_CONFLICT = {"path": str, "reason": str, "detail": str, "base": MAYBE_TEXT, "old": MAYBE_TEXT,
+                "new": MAYBE_TEXT}
 
 
 def check(value: Any, shape: dict[str, Any], what: str) -> None:
@@ -56,7 +65,8 @@ def documented_keys() -> set[str]:
 
 
 @pytest.mark.parametrize("shape", [STATUS, SNAPSHOT_ROW, TRANSACTION, DIFF, DIFF_ADDED,
-                                   DIFF_CHANGED, CLEANUP, ROLLBACK, LIVEPATCH_VIEW])
+                                   DIFF_CHANGED, CLEANUP, ROLLBACK, LIVEPATCH_VIEW, ETC_DIFF,
+                                   ETC_MODIFIED, ETC_CONFLICTS, ETC_CONFLICT])
 def test_every_pinned_key_is_documented(shape: dict[str, Any]) -> None:
     assert set(shape) <= documented_keys(), set(shape) - documented_keys()
 
@@ -92,6 +102,37 @@ def test_json_shapes(system: System, tmp_path: Path) -> None:
     check(amber_json(root, "cleanup", "--keep", "1"), CLEANUP, "cleanup")
     check(amber_json(root, "status"), STATUS, "status after")
 
+
+
+def test_etc_json_shapes(system: System) -> None:
+    """`amber etc diff` and `amber etc conflicts`, with a real conflict from the first-boot
+    merge (run here as the initrd runs it)."""
+    root, etc = system.root, system.root / "etc"
+    (etc / "shape.conf").write_text("a = 1\n")
+    amber(root, "run", "--", "sed", "-i", "s/^a = 1/a = update/", "/etc/shape.conf")
+    (etc / "shape.conf").write_text("a = admin\n")
+    (etc / "added.conf").write_text("new\n")
+    changes = amber_json(root, "etc", "diff")
+    check(changes, ETC_DIFF, "etc diff")
+    kinds = {c["path"]: c["change"] for c in changes["changes"]}
+    assert kinds["shape.conf"] == "added" and kinds["added.conf"] == "added", kinds
+    (etc / "added.conf").unlink()
+    (etc / "passwd").write_text((etc / "passwd").read_text() + "shape:x:3000:3000::/:/bin/sh\n")
+    modified = [c for c in amber_json(root, "etc", "diff")["changes"] if c["path"] == "passwd"]
+    assert modified, "the admin's edit of passwd is not listed"
+    check(modified[0], ETC_MODIFIED, "etc diff (modified)")
+    for change in changes["changes"]:
+        check(change, ETC_MODIFIED if change["change"] == "modified" else ETC_CHANGE,
+              "etc diff change")
+
+    amber(root, "etc", "merge-pending", "2")
+    found = amber_json(root, "etc", "conflicts", "2")
+    check(found, ETC_CONFLICTS, "etc conflicts")
+    assert [c["path"] for c in found["conflicts"]] == ["shape.conf"], found
+    check(found["conflicts"][0], ETC_CONFLICT, "etc conflicts item")
+    status = amber_json(root, "status")
+    check(status, STATUS, "status")
+    assert status["etc_conflicts"] == []  # the booted snapshot (1) had no merge
 
 
 def test_status_with_live_patching_carries_data_only(system: System, tmp_path: Path) -> None:

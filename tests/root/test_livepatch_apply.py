@@ -332,3 +332,32 @@ def initramfs_files(snapshot: Path, release: str) -> dict[str, str]:
         return files
     finally:
         shutil.rmtree(out)
+
+
+HEALTH_CHECK = ("mkdir -p /etc/amber/health.d && printf '#!/bin/sh\\n"
+                "test ! -e /var/tmp/amber-unhealthy || { echo service down; exit 1; }\\n' "
+                "> /etc/amber/health.d/50-service && chmod +x /etc/amber/health.d/50-service")
+
+
+def test_a_failing_health_check_reverts_the_patch(system: System, kit: Kit, kernel: FakeKernel,
+                                                  tmp_path: Path) -> None:
+    prepare(system, kit)
+    amber(system.root, "run", "--", "sh", "-c", HEALTH_CHECK)
+    rootfs.unmount_all(system.mounts)  # boot the snapshot with the health check (3)
+    system.mounts = rootfs.mount_root(system.device, system.root)
+    outcome = apply.apply(system.root, [str(kit.v1)], paths=kernel.paths, syscalls=kernel)
+    assert outcome.snapshot == 4 and active(kernel) == ["amber_lp_v1"]
+
+    (system.root / "var/tmp/amber-unhealthy").touch()
+    deb = build_livepatch_deb(tmp_path, kit.release, kit.v2, "2")
+    with pytest.raises(AmberError) as failure:
+        apply.apply(system.root, [str(deb)], paths=kernel.paths, syscalls=kernel)
+    assert failure.value.code == ExitCode.STEP_FAILED
+    assert "50-service: service down" in failure.value.message
+    # All or nothing: v1 (from snapshot 4, which v2 replaced) is back, v2 and snapshot 5 gone.
+    assert active(kernel) == ["amber_lp_v1"] and kernel.loaded == ["amber_lp_v1"]
+    assert numbers(system.root) == [1, 2, 3, 4] and Store(system.root).default() == 4
+
+    outcome = apply.apply(system.root, [str(deb)], health=False, paths=kernel.paths,
+                          syscalls=kernel)
+    assert outcome.snapshot == 5 and active(kernel) == ["amber_lp_v2"]

@@ -87,5 +87,17 @@ def test_fleetlock_slot_then_release_and_server_down(system: System) -> None:
         server.mode = Mode.NORMAL
         amber(system.root, "reboot", "--if-needed")
         assert reboot_required(system) and len(server.holders()) == 1
-        amber(system.root, "reboot", "--steady-state")
+        # The update failed its trial boot and the machine rolled back: the slot stays taken,
+        # which halts the rollout, until an operator looks.
+        from amber.health import verdicts
+        from amber.snapshots import Store
+
+        store = Store(system.root)
+        booted = store.booted()
+        assert booted is not None
+        verdicts.save(store, verdicts.Record(last_rollback=verdicts.Rollback(
+            booted + 1, booted, verdicts.Reason.HEALTH_CHECK, "now", "50-web: down")))
+        held = amber(system.root, "reboot", "--steady-state")
+        assert "keeping this node's reboot slot" in held.stderr and len(server.holders()) == 1
+        amber(system.root, "reboot", "--steady-state", "--force")
         assert server.holders() == frozenset()

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from amber import __version__, log
+from amber.cli.adopt import add_init
 from amber.cli.common import Adder, common, plain
 from amber.cli.fleet import add_reboot
 from amber.cli.snapshots import (
+    add_boot_once,
     add_cleanup,
     add_delete,
     add_diff,
@@ -66,6 +68,8 @@ VERBS: tuple[tuple[str, tuple[str, ...], str, Adder], ...] = (
     ("status", (), "booted and default snapshot, pending reboot", plain(cmd_status)),
     ("snapshots", ("list",), "list snapshots", plain(cmd_snapshots)),
     ("rollback", (), "make an older snapshot the default for the next boot", add_rollback),
+    ("boot-once", (), "boot a snapshot at the next boot only, then the default again",
+     add_boot_once),
     ("pin", (), "keep a snapshot from cleanup", add_pin),
     ("unpin", (), "let cleanup remove it", add_pin),
     ("delete", (), "delete snapshots (never the booted or default one)", add_delete),
@@ -73,9 +77,13 @@ VERBS: tuple[tuple[str, tuple[str, ...], str, Adder], ...] = (
     ("diff", (), "packages added, removed and changed between two snapshots", add_diff),
     ("reboot", (), "reboot when needed, inside the maintenance window, one fleet slot at a time",
      add_reboot),
+    ("init", (), "adopt a Debian system installed on btrfs, in place (--undo goes back)",
+     add_init),
 )
 NESTED = {"livepatch": "inspect, load and apply kernel live patches",
-          "image": "build a bootable immutable Debian image"}
+          "health": "boot health: checks, trial boots, verdicts",
+          "image": "build a bootable immutable Debian image",
+          "etc": "the admin's edits to /etc and the update merge"}
 
 
 def _verb_of(argv: Sequence[str]) -> str | None:
@@ -154,6 +162,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             from amber.cli import livepatch
 
             livepatch.add_parser(sub, common)
+        elif name == "etc":
+            from amber.cli import etc
+
+            etc.add_parser(sub, common)
+        elif name == "health":
+            from amber.cli import health
+
+            health.add_parser(sub, common)
         else:
             from amber.cli import image
 

@@ -12,7 +12,7 @@ def cmd_reboot(args: argparse.Namespace) -> int:
     from amber.fleet import reboot
 
     if args.steady_state:
-        released = reboot.steady_state(args.root)
+        released = reboot.steady_state(args.root, force=args.force)
         if getattr(args, "json", False):
             log.print_json({"released": released})
         return 0
@@ -31,6 +31,9 @@ def add_reboot(p: argparse.ArgumentParser) -> None:
                            "no active live patch stands for the difference)")
     what.add_argument("--steady-state", action="store_true",
                       help="after a healthy boot: give the FleetLock reboot slot back")
+    p.add_argument("--force", action="store_true",
+                   help="with --steady-state: give the slot back even after an automatic "
+                        "rollback")
     p.add_argument("--no-wait", action="store_true",
                    help="outside the maintenance window, exit 0 saying when it opens instead "
                         "of waiting for it")

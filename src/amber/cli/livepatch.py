@@ -249,7 +249,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     base = None if args.base is None else Ref.parse(args.base, ("booted", "default"),
                                                     "a snapshot for --base").text
     outcome = apply.apply(args.root, args.sources, mode=mode, keep=args.keep,
-                          timeout=args.timeout, base=base, wait=args.wait)
+                          timeout=args.timeout, base=base, wait=args.wait,
+                          health=not args.no_health)
     if args.json:
         log.print_json(outcome.as_json())
     return 0
@@ -359,6 +360,9 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
                            "(a reboot drops it)")
     v.add_argument("--keep", action="store_true",
                    help="if loading fails, keep the new snapshot as the default anyway")
+    v.add_argument("--no-health", action="store_true",
+                   help="do not run the health checks once the patch is active (by default a "
+                        "failing check reverts the patch and withdraws the snapshot)")
     v.add_argument("--base", default=None, metavar="N|booted|default",
                    help="the snapshot to start from (default: the next boot's, so that a "
                         "pending update is kept)")

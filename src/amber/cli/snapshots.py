@@ -35,7 +35,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     target = None if args.target is None else ref(args.target, ("booted", "default", "last"))
     result = system.rollback(args.root, target, revert_livepatches=args.revert_livepatches,
-                             wait=args.wait)
+                             wait=args.wait, force=args.force)
     if args.json:
         log.print_json(result)
     return 0
@@ -52,6 +52,34 @@ def cmd_delete(args: argparse.Namespace) -> int:
     from amber import system
 
     system.delete(args.root, [ref(n, ()) for n in args.numbers], wait=args.wait)
+    return 0
+
+
+def cmd_boot_once(args: argparse.Namespace) -> int:
+    from amber import config, system
+    from amber.boot import once
+    from amber.errors import ExitCode, die
+    from amber.lock import locked
+
+    store = system.store(args.root)
+    settings = config.load(args.root).boot
+    with locked(store, args.wait):
+        if args.cancel:
+            once.clear_boot_once(store, settings)
+            number = None
+        else:
+            if args.number is None:
+                die("boot-once needs a snapshot number (or --cancel)",
+                    hint="amber boot-once N", code=ExitCode.USAGE)
+            number = store.resolve(ref(args.number))
+            system.refuse_bad(store, number, args.force, "boot-once")
+            number = once.set_boot_once(store, settings, ref(args.number))
+    if args.json:
+        log.print_json({"next_boot_once": number})
+    elif number is None:
+        log.info("the next boot starts the default snapshot")
+    else:
+        log.info(f"the next boot (only) starts snapshot {number}; the one after it the default")
     return 0
 
 
@@ -84,6 +112,8 @@ def add_rollback(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revert-livepatches", action="store_true",
                    help="make the running kernel's live patches match the target now: "
                         "load its live patch, or unload the ones it does not have")
+    p.add_argument("--force", action="store_true",
+                   help="roll back even to a snapshot that failed its trial boot")
     p.set_defaults(handler=cmd_rollback)
 
 
@@ -91,6 +121,17 @@ def add_pin(p: argparse.ArgumentParser) -> None:
     common(p)
     p.add_argument("number", metavar="N", help="snapshot number (or 'booted', 'default')")
     p.set_defaults(handler=cmd_pin)
+
+
+def add_boot_once(p: argparse.ArgumentParser) -> None:
+    common(p)
+    p.add_argument("number", nargs="?", metavar="N",
+                   help="snapshot number (or 'booted', 'default')")
+    p.add_argument("--cancel", action="store_true",
+                   help="forget a boot-once that has not happened yet")
+    p.add_argument("--force", action="store_true",
+                   help="boot even a snapshot that failed its trial boot")
+    p.set_defaults(handler=cmd_boot_once)
 
 
 def add_delete(p: argparse.ArgumentParser) -> None:

@@ -202,12 +202,32 @@ def reboot(root: Path, *, if_needed: bool = False, no_wait: bool = False) -> Dec
     return decision
 
 
-def steady_state(root: Path) -> bool:
-    """Give back this node's FleetLock slot after a healthy boot; False without FleetLock."""
+def held_by_rollback(root: Path) -> str | None:
+    """Why the slot stays taken: this boot is the fallback of an update that failed its trial
+    boot, so the rollout must stop here (None when it may go on)."""
+    from amber.health import verdicts
+    from amber.snapshots import Store
+
+    store = Store(root)
+    last = verdicts.load(store).last_rollback
+    if last is None or last.to != store.booted():
+        return None
+    return (f"snapshot {last.from_} failed its trial boot ({last.reason}) and this machine "
+            f"rolled back to {last.to}")
+
+
+def steady_state(root: Path, force: bool = False) -> bool:
+    """Give back this node's FleetLock slot after a healthy boot; False without FleetLock, or
+    while an automatic rollback holds it (unless forced)."""
     require_root()
     settings = config.load(root).reboot
     if settings.strategy != RebootStrategy.FLEETLOCK:
         log.info("no FleetLock strategy configured: no reboot slot to give back")
+        return False
+    held = None if force else held_by_rollback(root)
+    if held:
+        log.warn(f"FleetLock: keeping this node's reboot slot, which halts the rollout: {held}",
+                 hint="look at 'amber status', then 'amber reboot --steady-state --force'")
         return False
     lock = fleet_lock(root, settings)
     lock.steady_state()

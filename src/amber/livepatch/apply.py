@@ -23,7 +23,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,7 +223,7 @@ def workspace() -> Iterator[Path]:
 
 def apply(root: Path, arguments: Sequence[str], *, mode: Mode = Mode.NOW, keep: bool = False,
           timeout: float | None = None, base: str | None = None, wait: bool = False,
-          paths: kernel.KernelPaths | None = None,
+          health: bool = True, paths: kernel.KernelPaths | None = None,
           syscalls: kernel.Syscalls | None = None) -> Outcome:
     paths = paths or kernel.KernelPaths.from_environment()
     syscalls = syscalls or kernel.LinuxSyscalls()
@@ -278,10 +278,52 @@ def apply(root: Path, arguments: Sequence[str], *, mode: Mode = Mode.NOW, keep: 
         timings["load"] = time.monotonic() - started
         for leftover in removed:
             log.info(f"unloaded the replaced live patch {leftover}")
+        if health:
+            started = time.monotonic()
+            healthy(store, name, removed, paths, waiting(timeout, settings), syscalls,
+                    lambda: transaction.withdraw(store, result.number or 0, default_before,
+                                                 state_before.get("previous_default")),
+                    (default_before, store.booted()))
+            timings["health"] = time.monotonic() - started
         log.info(f"live patch {name} is active now, and snapshot {result.number} (the default) "
                  "loads it at every boot; no reboot needed")
         return Outcome(name, mode, result.number, result.base, True, tuple(removed),
                        timings=timings, warnings=plan.warnings)
+
+
+def healthy(store: Store, name: str, replaced: Sequence[str], paths: kernel.KernelPaths,
+            wait: kernel.Waiting, syscalls: kernel.Syscalls, withdraw: Callable[[], None],
+            sources: Sequence[int | None]) -> None:
+    """The health checks on the running system with the patch active; if one fails, the
+    running kernel gets back what it had (the patch out, the patches it replaced in again, from
+    the `sources` snapshots: the default before, then the booted one) and the snapshot is
+    withdrawn: all or nothing."""
+    from amber.health import checks
+
+    log.step("Running the health checks with the patch active")
+    failed = [r for r in checks.run(store) if not r.passed]
+    if not failed:
+        return
+    what = "; ".join(f"{r.name}: {r.summary}" for r in failed)
+    log.warn(f"health check failed with {name} active: {what}")
+    kernel.unload(paths, name, wait, syscalls)
+    for previous in replaced:
+        for number in sources:
+            if number is None or not store.exists(number):
+                continue
+            present = installed_patches(store.path(number), running_release())
+            if previous in present:
+                kernel.load(present[previous], read_module(present[previous]), paths, wait,
+                            syscalls)
+                log.info(f"loaded {previous} again, as before")
+                break
+        else:
+            log.warn(f"{previous}, which {name} replaced, is in no snapshot to load it from",
+                     hint="the running kernel stays without it until the next reboot")
+    withdraw()
+    die(f"live patch {name} was reverted: a health check failed with it active ({what})",
+        hint="the running kernel and the default are as before; --no-health skips the checks",
+        code=ExitCode.STEP_FAILED)
 
 
 # ---- revert -------------------------------------------------------------------------------
