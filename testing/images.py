@@ -4,10 +4,12 @@ pristine image are built once and cached by their inputs."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from amber import layout
@@ -41,6 +43,25 @@ def debian_tarball(include: tuple[str, ...] = INCLUDE) -> Path:
     return tarball
 
 
+@contextlib.contextmanager
+def new_filesystem(image: Path, uuid: str | None = None) -> Iterator[Path]:
+    """A fresh btrfs image, mounted for the caller to fill; it becomes `image` only when
+    filled without an error."""
+    partial = image.with_suffix(".partial")
+    partial.unlink(missing_ok=True)
+    subprocess.run(["truncate", "-s", IMAGE_SIZE, str(partial)], check=True)
+    subprocess.run(["mkfs.btrfs", "-q", "-f", *(["--uuid", uuid] if uuid else []), str(partial)],
+                   check=True)
+    top = Path(tempfile.mkdtemp(prefix="amber-test-top-"))
+    subprocess.run(["mount", "-o", "loop", str(partial), str(top)], check=True)
+    try:
+        yield top
+    finally:
+        subprocess.run(["umount", str(top)], check=True)
+        top.rmdir()
+    partial.rename(image)
+
+
 def pristine_image(include: tuple[str, ...] = INCLUDE) -> Path:
     tarball = debian_tarball(include)
     layout_hash = hashlib.sha256((REPO / "src/amber/layout.py").read_bytes()).hexdigest()
@@ -48,20 +69,10 @@ def pristine_image(include: tuple[str, ...] = INCLUDE) -> Path:
     image = CACHE / f"root-{key}.img"
     if image.exists():
         return image
-    partial = image.with_suffix(".partial")
-    partial.unlink(missing_ok=True)
-    subprocess.run(["truncate", "-s", IMAGE_SIZE, str(partial)], check=True)
-    subprocess.run(["mkfs.btrfs", "-q", "-f", str(partial)], check=True)
-    top = Path(tempfile.mkdtemp(prefix="amber-test-top-"))
-    subprocess.run(["mount", "-o", "loop", str(partial), str(top)], check=True)
-    try:
+    with new_filesystem(image) as top:
         snapshot = layout.create_skeleton(top)
         subprocess.run(["tar", "-xf", str(tarball), "-C", str(snapshot)], check=True)
         layout.finish(top)
-    finally:
-        subprocess.run(["umount", str(top)], check=True)
-        top.rmdir()
-    partial.rename(image)
     return image
 
 
@@ -77,14 +88,8 @@ def installer_image() -> Path:
     image = CACHE / f"installer-{key}.img"
     if image.exists():
         return image
-    partial = image.with_suffix(".partial")
-    partial.unlink(missing_ok=True)
-    subprocess.run(["truncate", "-s", IMAGE_SIZE, str(partial)], check=True)
     uuid = "c0ffee00-0000-4000-8000-00000000ad09"
-    subprocess.run(["mkfs.btrfs", "-q", "-f", "--uuid", uuid, str(partial)], check=True)
-    top = Path(tempfile.mkdtemp(prefix="amber-test-top-"))
-    subprocess.run(["mount", "-o", "loop", str(partial), str(top)], check=True)
-    try:
+    with new_filesystem(image, uuid) as top:
         root = top / "@rootfs"
         subprocess.run(["btrfs", "-q", "subvolume", "create", str(root)], check=True)
         subprocess.run(["tar", "-xf", str(tarball), "-C", str(root)], check=True)
@@ -109,8 +114,4 @@ def installer_image() -> Path:
             f.write(os.urandom(32 << 20))
         (root / "home/alice").mkdir(parents=True)
         (root / "home/alice/notes.txt").write_text("alice's notes\n")
-    finally:
-        subprocess.run(["umount", str(top)], check=True)
-        top.rmdir()
-    partial.rename(image)
     return image
