@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from amber.config import BootConfig
-    from amber.snapshots import Ref, Store
+    from amber.snapshots import Store
 
 
 def _grubenv(store: Store, settings: BootConfig) -> Path:
@@ -41,8 +41,8 @@ def next_boot_once(store: Store, settings: BootConfig) -> int | None:
     return menu.boot_once_number(values.get("next_entry", ""))
 
 
-def set_boot_once(store: Store, settings: BootConfig, ref: Ref) -> int:
-    number = store.resolve(ref)
+def set_boot_once(store: Store, settings: BootConfig, number: int) -> int:
+    """Boot snapshot `number` (resolved by the caller) at the next boot only."""
     snapshot = store.get(number)
     if snapshot.in_progress:
         die(f"snapshot {number} is an unfinished transaction", hint="pick one from 'amber "

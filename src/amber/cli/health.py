@@ -54,7 +54,7 @@ def cmd_mark(args: argparse.Namespace) -> int:
             from amber.boot import menu
             from amber.health import trial
 
-            trial._clear_trial_vars(store, config.load(args.root))
+            trial.clear_trial_vars(store, config.load(args.root))
             menu.refresh(store, full=True)
     if args.json:
         log.print_json({"snapshot": number, "health": str(verdict)})

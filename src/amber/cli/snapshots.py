@@ -73,7 +73,7 @@ def cmd_boot_once(args: argparse.Namespace) -> int:
                     hint="amber boot-once N", code=ExitCode.USAGE)
             number = store.resolve(ref(args.number))
             system.refuse_bad(store, number, args.force, "boot-once")
-            number = once.set_boot_once(store, settings, ref(args.number))
+            number = once.set_boot_once(store, settings, number)
     if args.json:
         log.print_json({"next_boot_once": number})
     elif number is None:

@@ -101,7 +101,7 @@ def _with_trial(record: Record, trial: Trial) -> Record:
 
 # ---- at boot ---------------------------------------------------------------------------------
 
-def _clear_trial_vars(store: Store, settings: Config) -> None:
+def clear_trial_vars(store: Store, settings: Config) -> None:
     env = _grubenv_path(store, settings)
     if env is not None:
         grubenv.update(env, dict.fromkeys(TRIAL_VARS))
@@ -141,7 +141,7 @@ def roll_back(store: Store, settings: Config, failed: int, to: int, reason: Reas
         save(store, Record(record.snapshots, None, rollback))
         if store.default() != to:
             set_default(store, to)
-        _clear_trial_vars(store, settings)
+        clear_trial_vars(store, settings)
     log.warn(f"snapshot {failed} failed its trial boot ({reason}: {detail}); snapshot {to} "
              "is the default again")
     return rollback
@@ -172,7 +172,7 @@ def pass_trial(store: Store, settings: Config) -> int | None:
     with locked(store, wait=True):
         record = load(store)
         save(store, Record(record.snapshots, None, record.last_rollback))
-        _clear_trial_vars(store, settings)
+        clear_trial_vars(store, settings)
         menu.refresh(store, full=True)
     return number
 
