@@ -51,11 +51,14 @@ def run(
     preexec_fn: Callable[[], None] | None = None,
     where: str = "",
     code: ExitCode = ExitCode.ERROR,
+    timeout: float | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run argv; raise CommandFailed with exit code `code` when it fails and check is true.
 
-    With capture, stdout and stderr are returned; otherwise they go to the user's terminal, and
-    stderr is still reported through the exception's message only when captured.
+    With capture, stdout and stderr are returned (undecodable bytes replaced); otherwise they go
+    to the user's terminal, and stderr is still reported through the exception's message only
+    when captured. With a timeout, a program still running after it is killed and
+    subprocess.TimeoutExpired raised (its output so far as bytes).
     """
     args = [os.fspath(a) for a in argv]
     debug(f"+ {command_line(args)}")
@@ -64,12 +67,14 @@ def run(
             args,
             check=False,
             text=True,
+            errors="replace",
             input=input,
             stdout=subprocess.PIPE if capture else None,
             stderr=subprocess.PIPE if capture else None,
             env=dict(env) if env is not None else None,
             cwd=cwd,
             preexec_fn=preexec_fn,
+            timeout=timeout,
         )
     except FileNotFoundError as e:
         raise AmberError(

@@ -12,6 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from amber.errors import AmberError
+from amber.run import run as run_command
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -131,16 +134,20 @@ def _run_file(root: Path, path: Path, deadline: float) -> Result:
     if str(root) != "/":
         argv = ["chroot", str(root), "/" + str(path.relative_to(root))]
     try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=remaining)
+        done = run_command(argv, check=False, capture=True, input="", timeout=remaining)
     except subprocess.TimeoutExpired as e:
-        output = (e.stdout or b"") + (e.stderr or b"")
+        output = b"".join(_bytes(part) for part in (e.stdout, e.stderr))
         return Result(path.name, False, output.decode(errors="replace") +
                       f"\n(killed after {remaining:.0f} s)", str(path))
-    except OSError as e:
-        return Result(path.name, False, f"cannot run: {e.strerror}", str(path))
-    text = (done.stdout + done.stderr).decode(errors="replace").strip()
+    except (OSError, AmberError) as e:  # not executable after all, or gone meanwhile
+        reason = e.strerror if isinstance(e, OSError) else e.message
+        return Result(path.name, False, f"cannot run: {reason}", str(path))
+    text = (done.stdout + done.stderr).strip()
     return Result(path.name, done.returncode == 0, text, str(path), done.returncode)
+
+
+def _bytes(part: bytes | str | None) -> bytes:
+    return part.encode() if isinstance(part, str) else part or b""
 
 
 def run(store: Store, *, expected: int | None = None, timeout: float = 300.0,
