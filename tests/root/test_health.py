@@ -68,7 +68,21 @@ def trial(system: System) -> System:
     (system.root / ".snapshots/.amber/menu.cfg").touch()
     boot(system)
     assert status(system.root)["booted"] == 2
+    amber(system.root, "health", "enable")  # into the running /etc: transactions carry them
     return system
+
+
+def test_without_the_units_there_is_no_trial(trial: System) -> None:
+    """Nobody would judge the trial boot, and GRUB would fall back after the tries: amber
+    puts no snapshot on trial then, and says why."""
+    system = trial
+    removed = amber_json(system.root, "health", "disable")["units"]
+    assert "amber-health-check.service" in removed
+    result = amber(system.root, "run", "--", "true")
+    assert "amber's health units are not enabled in it" in result.stderr
+    assert "amber health enable" in result.stderr
+    assert not (system.root / ".snapshots/.amber/health.json").exists()
+    assert "amber_trial" not in env(system)
 
 
 def test_a_transaction_puts_its_snapshot_on_trial(trial: System) -> None:

@@ -63,6 +63,33 @@ def cmd_mark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_enable(args: argparse.Namespace) -> int:
+    """Write (or remove) the health units in this root's /etc, which is writable: as
+    `systemctl enable` would. Snapshots made from now on carry them."""
+    from amber import config
+    from amber.fleet import units
+    from amber.snapshots import Store
+
+    Store(args.root).check()
+    on = args.health_verb == "enable"
+    changed = units.enable_health(args.root) if on else units.disable_health(args.root)
+    settings = config.load(args.root)
+    if args.json:
+        log.print_json({"units": changed, "enabled": on,
+                        "config_enabled": settings.health.enabled})
+        return 0
+    log.info(f"{'enabled' if on else 'removed'}: {', '.join(changed) or 'nothing to remove'}")
+    if on and not settings.health.enabled:
+        log.warn("trial boots stay off until amber.conf says so",
+                 hint=f"set [health] enabled = true in {args.root / config.CONFIG_PATH}")
+    elif on:
+        log.info("the snapshot the next transaction makes is on trial at its first boot")
+    elif settings.health.enabled:
+        log.warn("[health] enabled is still true in amber.conf: transactions will warn that "
+                 "there is no trial boot", hint="set [health] enabled = false")
+    return 0
+
+
 def _boot(action: str) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
         from amber.health import boot
@@ -85,6 +112,12 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
     m.add_argument("verdict", choices=("good", "bad"))
     m.add_argument("number", nargs="?", metavar="N", help="snapshot (default: the booted one)")
     m.set_defaults(handler=cmd_mark)
+    for verb, text in (("enable", "enable amber's health units in /etc (trial boots need "
+                                  "them and [health] enabled = true)"),
+                       ("disable", "remove amber's health units from /etc")):
+        e = health_sub.add_parser(verb, help=text)
+        common(e)
+        e.set_defaults(handler=cmd_enable)
     for action, text in (
             ("boot-check", "at boot, before boot-complete.target: resolve a fallback, run the "
                            "checks (amber-health-check.service)"),

@@ -135,15 +135,40 @@ def _write_unit(root: Path, name: str, text: str) -> None:
 def enable_health(root: Path) -> list[str]:
     for name, text in HEALTH_UNITS.items():
         _write_unit(root, name, text)
-    local = "/etc/systemd/system"
-    _wants(root, "boot-complete.target", "amber-health-check.service", local, "requires")
-    _wants(root, "multi-user.target", "amber-health-complete.service", local)
-    _wants(root, "sysinit.target", "amber-health-timeout.service", local)
+    for target, kind, unit in HEALTH_LINKS:
+        _wants(root, target, unit, "/etc/systemd/system", kind)
     watchdog = root / WATCHDOG_CONF
     watchdog.parent.mkdir(parents=True, exist_ok=True)
     watchdog.write_text(WATCHDOG)
     return ["amber-health-check.service", "amber-health-complete.service",
             "amber-health-timeout.service"]
+
+
+HEALTH_LINKS = (("boot-complete.target", "requires", "amber-health-check.service"),
+                ("multi-user.target", "wants", "amber-health-complete.service"),
+                ("sysinit.target", "wants", "amber-health-timeout.service"))
+
+
+def health_enabled(root: Path) -> bool:
+    """Whether root's /etc has amber's health units enabled: without them nobody would judge a
+    trial boot, and GRUB would fall back after the tries."""
+    system = root / "etc/systemd/system"
+    return all((system / f"{target}.{kind}" / unit).is_symlink()
+               and (system / unit).is_file() for target, kind, unit in HEALTH_LINKS)
+
+
+def disable_health(root: Path) -> list[str]:
+    """Undo enable_health; returns the units removed."""
+    system = root / "etc/systemd/system"
+    removed = []
+    for target, kind, unit in HEALTH_LINKS:
+        (system / f"{target}.{kind}" / unit).unlink(missing_ok=True)
+    for name in HEALTH_UNITS:
+        if (system / name).exists():
+            removed.append(name)
+        (system / name).unlink(missing_ok=True)
+    (root / WATCHDOG_CONF).unlink(missing_ok=True)
+    return removed
 
 
 def schedule_drop_in(schedule: str) -> str:

@@ -77,6 +77,13 @@ def begin(store: Store, number: int, settings: Config) -> None:
     if not settings.health.enabled or not menu.managed(store):
         return
     from amber import log
+    from amber.fleet import units
+
+    if not units.health_enabled(store.path(number)):
+        log.warn(f"no trial boot for snapshot {number}: amber's health units are not enabled "
+                 "in it", hint="amber health enable (then the next transaction's snapshot has "
+                 "them)")
+        return
 
     env = _grubenv_path(store, settings)
     if env is None:
