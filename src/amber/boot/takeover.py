@@ -248,7 +248,7 @@ def check_restore(store_dir: Path, targets: Targets, record: dict[str, Any]) -> 
     """Refuse an undo that could not restore what init replaced, before anything changes."""
     esp = record.get("esp") or {}
     recorded = esp.get("volume_id")
-    if recorded and targets.volume_id and recorded != targets.volume_id:
+    if recorded and recorded != targets.volume_id:
         die(f"the EFI system partition {targets.esp} (volume id {targets.volume_id}) is not the "
             f"one amber init wrote ({recorded})", hint="mount that one at /boot/efi or name it "
             "with --esp", code=ExitCode.REFUSED)
