@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from amber import log
-from amber.errors import ExitCode, die
+from amber.errors import AmberError, ExitCode, die
 from amber.run import run
 
 if TYPE_CHECKING:
@@ -296,7 +296,15 @@ def adopt(root: Path, esp: Path | None = None, disk: Path | None = None) -> Foun
                      + "\n")
         menu.install(store)
         btrfs.sync(store.dir)
-        takeover.install(found.boot, todo)
+        try:
+            takeover.install(found.boot, todo)
+        except (AmberError, OSError):
+            # The old GRUB names its subvolume, so the old system still boots; the record and
+            # the backup are written, so --undo can put back what was half replaced.
+            log.warn("amber's boot loader is installed only in part",
+                     hint="fix the cause and run 'amber init --undo' (it restores the ESP and "
+                          "the boot code), or boot the old system as before")
+            raise
     return found
 
 

@@ -118,8 +118,15 @@ def find(root: Path, device: str, fs_uuid: str, esp_device: Path | None = None,
     volume_id = esp.volume_id()
     bios = None
     bios_part = table.of_type(gpt.BIOS_BOOT_TYPE) if table is not None else None
-    if bios_part is not None and in_table is not None and table is not None:
+    same_esp = in_table is not None and table is not None and (
+        (isinstance(esp, FatEsp) and esp.device == table.disk) or
+        FatEsp(table.disk, in_table.offset).volume_id() == volume_id)
+    if bios_part is not None and in_table is not None and table is not None and same_esp:
+        # core.img looks for GRUB's files on the ESP by its partition number.
         bios = BiosTarget(table.disk, bios_part, in_table.number)
+    elif bios_part is not None:
+        notes.append("the ESP is not the EFI system partition of the disk's GPT: no BIOS boot "
+                     "code is written")
     elif table is not None:
         notes.append("no BIOS boot partition: UEFI only")
     return Targets(esp, volume_id, bios, whole, tuple(notes))
