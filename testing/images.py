@@ -115,3 +115,65 @@ def installer_image() -> Path:
         (root / "home/alice").mkdir(parents=True)
         (root / "home/alice/notes.txt").write_text("alice's notes\n")
     return image
+
+
+# The installer-style disk: GPT with the ESP first (as Debian's installer makes it), a BIOS boot
+# partition, then the btrfs of installer_image(). Sectors of 512 bytes.
+INSTALLER_ESP = (2048, 133119)  # 64 MiB, FAT32
+INSTALLER_BIOS_BOOT = (133120, 135167)  # 1 MiB
+INSTALLER_ROOT_FIRST = 135168
+INSTALLER_ESP_VOLUME_ID = "ABCD-1234"  # as installer_image()'s fstab names it
+# Stand-ins for Debian's shim and signed GRUB (the root tests boot nothing); their stub grub.cfg
+# is the text grub-install writes.
+DEBIAN_ESP_FILES = {
+    "EFI/debian/shimx64.efi": b"a stand-in for Debian's shim\n" * 1000,
+    "EFI/debian/grubx64.efi": b"a stand-in for Debian's signed GRUB\n" * 3000,
+    "EFI/debian/BOOTX64.CSV": "shimx64.efi,debian,,This is the boot entry for debian\n"
+                              .encode("utf-16"),
+    "EFI/debian/grub.cfg": b"search.fs_uuid c0ffee00-0000-4000-8000-00000000ad09 root \n"
+                           b"set prefix=($root)'/@rootfs/boot/grub'\n"
+                           b"configfile $prefix/grub.cfg\n",
+}
+
+
+def installer_disk() -> Path:
+    """installer_image() on a GPT disk with an ESP holding Debian's boot files, and a BIOS boot
+    partition and boot sector holding stand-ins for Debian's core.img and boot.img. Cached."""
+    filesystem = installer_image()
+    key = _key(filesystem.name, "disk", "1")
+    image = CACHE / f"installer-disk-{key}.img"
+    if image.exists():
+        return image
+    partial = image.with_suffix(".partial")
+    partial.unlink(missing_ok=True)
+    size = INSTALLER_ROOT_FIRST * 512 + filesystem.stat().st_size + (1 << 20)
+    subprocess.run(["truncate", "-s", str(size), str(partial)], check=True)
+    esp, bios = INSTALLER_ESP, INSTALLER_BIOS_BOOT
+    subprocess.run(["sgdisk", "--clear", f"--new=1:{esp[0]}:{esp[1]}", "--typecode=1:EF00",
+                    f"--new=2:{bios[0]}:{bios[1]}", "--typecode=2:EF02",
+                    f"--new=3:{INSTALLER_ROOT_FIRST}:0", "--typecode=3:8300", str(partial)],
+                   check=True, capture_output=True)
+    sectors = esp[1] - esp[0] + 1
+    subprocess.run(["mkfs.vfat", "-F", "32", "-s", "1", "-i",
+                    INSTALLER_ESP_VOLUME_ID.replace("-", ""), "--offset", str(esp[0]),
+                    str(partial), str(sectors // 2)], check=True, capture_output=True)
+    target = f"{partial}@@{esp[0] * 512}"
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    for folder in ("EFI", "EFI/debian"):
+        subprocess.run(["mmd", "-i", target, f"::/{folder}"], check=True, env=env)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in DEBIAN_ESP_FILES.items():
+            local = Path(tmp) / Path(name).name
+            local.write_bytes(content)
+            subprocess.run(["mcopy", "-i", target, str(local), f"::/{name}"], check=True,
+                           env=env)
+    with open(partial, "r+b") as f:
+        f.seek(0)
+        f.write(b"\xeb\x63\x90" + b"stand-in boot.img " * 24)  # the code area, below 0x1B8
+        f.seek(bios[0] * 512)
+        f.write(os.urandom(60 * 512))  # a stand-in core.img
+    subprocess.run(["dd", f"if={filesystem}", f"of={partial}", "bs=4M", "conv=sparse,notrunc",
+                    "oflag=seek_bytes", f"seek={INSTALLER_ROOT_FIRST * 512}", "status=none"],
+                   check=True)
+    partial.rename(image)
+    return image

@@ -230,10 +230,11 @@ def make_efi_image(out: Path, grub_lib: Path = GRUB_LIB) -> None:
         capture=True, where="while building GRUB for UEFI", code=ExitCode.ENVIRONMENT)
 
 
-def make_bios_image(out: Path, grub_lib: Path = GRUB_LIB) -> None:
-    # (,gpt2): partition 2 of the drive the BIOS booted from.
+def make_bios_image(out: Path, grub_lib: Path = GRUB_LIB, esp_partition: int = ESP_PARTITION
+                    ) -> None:
+    # (,gpt2): partition 2 of the drive the BIOS booted from (amber init: wherever the ESP is).
     run(["grub-mkimage", "--directory", str(grub_lib / "i386-pc"), "--format", "i386-pc",
-         "--prefix", f"(,gpt{ESP_PARTITION})/grub", "--output", str(out),
+         "--prefix", f"(,gpt{esp_partition})/grub", "--output", str(out),
          *BIOS_MODULES, *GRUB_MODULES],
         capture=True, where="while building GRUB for BIOS", code=ExitCode.ENVIRONMENT)
 
@@ -274,14 +275,20 @@ def boot_sector(boot_img: bytes, current: bytes, core_lba: int) -> bytes:
 
 def install_bios_boot(disk: Path, layout: DiskLayout, core: bytes,
                       grub_lib: Path = GRUB_LIB) -> None:
-    placed = place_core_image(core, layout.bios_boot)
+    write_bios_boot(disk, layout.bios_boot, core, grub_lib)
+
+
+def write_bios_boot(disk: Path, bios_boot: Partition, core: bytes,
+                    grub_lib: Path = GRUB_LIB) -> None:
+    """core.img into the BIOS boot partition, boot.img into sector 0 (a disk file or device)."""
+    placed = place_core_image(core, bios_boot)
     boot_img = (grub_lib / "i386-pc/boot.img").read_bytes()
     with open(disk, "r+b") as f:
         current = f.read(SECTOR)
-        f.seek(layout.bios_boot.offset)
+        f.seek(bios_boot.offset)
         f.write(placed)
         f.seek(0)
-        f.write(boot_sector(boot_img, current, layout.bios_boot.first))
+        f.write(boot_sector(boot_img, current, bios_boot.first))
         f.flush()
         os.fsync(f.fileno())
 

@@ -38,6 +38,40 @@ _HEADER = "# amber-menu 1:"
 _SAFE_WORD = re.compile(r"[A-Za-z0-9=._,:/@+%^-]+")
 
 
+# amber init: the entry that boots the system as it was before amber adopted it (its old root
+# subvolume, kernel and command line), as .amber/before-amber.json describes it.
+BEFORE_ID = "amber-before"
+BEFORE_NAME = "before-amber.json"
+
+
+class Before(NamedTuple):
+    title: str
+    kernel: str  # absolute from the btrfs top level
+    initrd: str
+    arguments: str
+
+
+def before_entry(store: Store) -> Before | None:
+    """The "system before amber" entry of an adopted system, if it has one."""
+    import json
+
+    try:
+        data = json.loads((store.dir / MENU_DIR / BEFORE_NAME).read_text())
+        return Before(str(data["title"]), str(data["kernel"]), str(data["initrd"]),
+                      str(data["arguments"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _before_text(before: Before) -> list[str]:
+    arguments = " ".join(_quote(word) for word in before.arguments.split())
+    return [f"menuentry '{_title(before.title)}' --id {BEFORE_ID} {{",
+            "  echo 'amber: booting the system from before amber'",
+            f"  linux {_quote(before.kernel)} {arguments}",
+            f"  initrd {_quote(before.initrd)}",
+            "}"]
+
+
 def entry_id(number: int) -> str:
     return f"amber-snapshot-{number}"
 
@@ -210,7 +244,7 @@ def _trial_count(trial: TrialMenu) -> tuple[str, ...]:
 
 
 def render(default: Entry, entries: list[Entry], timeout: int,
-           trial: TrialMenu | None = None) -> str:
+           trial: TrialMenu | None = None, before: Before | None = None) -> str:
     """menu.cfg: sourced by the static grub.cfg on the ESP, which sets amber_env (the
     environment block) and loads it first."""
     pinned = " ".join(str(e.number) for e in entries if e.pinned)
@@ -242,6 +276,8 @@ def render(default: Entry, entries: list[Entry], timeout: int,
     for item in entries:
         lines += _entry_text(item, item.title, entry_id(item.number), "  ")
     lines.append("}")
+    if before is not None:
+        lines += _before_text(before)
     return "\n".join(lines) + "\n"
 
 
@@ -377,7 +413,8 @@ def refresh(store: Store, *, default: int | None = None, full: bool = False,
         return []
     menu = choose(store, settings, number, full=full, exclude=exclude,
                   include={*include, *_boot_once(store, settings)})
-    write(store, render(menu.default, menu.entries, settings.timeout, menu.trial))
+    write(store, render(menu.default, menu.entries, settings.timeout, menu.trial,
+                        before_entry(store)))
     if commit:
         btrfs.sync(store.dir)
     for warning in menu.warnings:
@@ -416,7 +453,8 @@ def install(store: Store) -> None:
     except Unbootable as e:
         die(f"snapshot {number} cannot boot: {e}", hint="install a kernel in it first",
             code=ExitCode.REFUSED)
-    write(store, render(menu.default, menu.entries, settings.timeout, menu.trial))
+    write(store, render(menu.default, menu.entries, settings.timeout, menu.trial,
+                        before_entry(store)))
     from amber import btrfs
 
     btrfs.sync(store.dir)

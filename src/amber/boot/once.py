@@ -65,3 +65,15 @@ def set_boot_once(store: Store, settings: BootConfig, number: int) -> int:
 
 def clear_boot_once(store: Store, settings: BootConfig) -> None:
     grubenv.update(_grubenv(store, settings), {"next_entry": None})
+
+
+BEFORE_AMBER = "before-amber"  # what `amber boot-once` takes for the menu's menu.BEFORE_ID
+
+
+def set_boot_once_before(store: Store, settings: BootConfig) -> None:
+    """Boot the system from before `amber init` at the next boot only."""
+    if menu.before_entry(store) is None:
+        die("this system has no boot entry for the system before amber",
+            hint="only a system that 'amber init' adopted has one", code=ExitCode.NOT_FOUND)
+    path = _grubenv(store, settings)
+    grubenv.update(path, {"next_entry": menu.BEFORE_ID})

@@ -71,6 +71,13 @@ def cmd_boot_once(args: argparse.Namespace) -> int:
             if args.number is None:
                 die("boot-once needs a snapshot number (or --cancel)",
                     hint="amber boot-once N", code=ExitCode.USAGE)
+            if args.number == once.BEFORE_AMBER:
+                once.set_boot_once_before(store, settings)
+                if args.json:
+                    log.print_json({"next_boot_once": once.BEFORE_AMBER})
+                else:
+                    log.info("the next boot (only) starts the system from before amber")
+                return 0
             number = store.resolve(ref(args.number))
             system.refuse_bad(store, number, args.force, "boot-once")
             number = once.set_boot_once(store, settings, number)
@@ -126,7 +133,8 @@ def add_pin(p: argparse.ArgumentParser) -> None:
 def add_boot_once(p: argparse.ArgumentParser) -> None:
     common(p)
     p.add_argument("number", nargs="?", metavar="N",
-                   help="snapshot number (or 'booted', 'default')")
+                   help="snapshot number (or 'booted', 'default'; 'before-amber' on a "
+                        "system amber init adopted)")
     p.add_argument("--cancel", action="store_true",
                    help="forget a boot-once that has not happened yet")
     p.add_argument("--force", action="store_true",

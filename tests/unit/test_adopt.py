@@ -1,0 +1,72 @@
+"""amber init's pure parts: the GPT reader against sgdisk's tables, the kernel command lines
+taken from the old GRUB's settings, the "system before amber" entry and the ESP's handover
+file, checked with GRUB's own script checker where the host has it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from amber import adopt
+from amber.boot import esp, gpt, menu, takeover
+from tests.conftest import require
+from tests.unit.test_boot_menu import _entry
+
+
+def test_gpt_read_finds_the_esp_and_the_bios_boot_partition(tmp_path: Path) -> None:
+    require(shutil.which("sgdisk") is not None, "sgdisk (gdisk) is missing")
+    image = tmp_path / "disk.img"
+    image.write_bytes(b"")
+    subprocess.run(["truncate", "-s", "64M", str(image)], check=True)
+    subprocess.run(["sgdisk", "--clear", "--new=1:2048:+8M", "--typecode=1:EF00",
+                    "--new=2:0:+1M", "--typecode=2:EF02", "--new=3:0:0", "--typecode=3:8300",
+                    str(image)], check=True, capture_output=True)
+    table = gpt.read(image)
+    assert table is not None
+    esp_part, bios = table.of_type(gpt.ESP_TYPE), table.of_type(gpt.BIOS_BOOT_TYPE)
+    assert esp_part is not None and (esp_part.number, esp_part.first) == (1, 2048)
+    assert esp_part.size == 8 << 20
+    assert bios is not None and (bios.number, bios.size) == (2, 1 << 20)
+    assert table.holding_btrfs("c0ffee00-0000-4000-8000-00000000ad09") is None
+    plain = tmp_path / "plain.img"
+    plain.write_bytes(bytes(1 << 16))
+    assert gpt.read(plain) is None
+
+
+def test_kernel_command_lines_from_the_old_grub_settings(tmp_path: Path) -> None:
+    (tmp_path / "etc/default").mkdir(parents=True)
+    (tmp_path / "etc/default/grub").write_text(
+        'GRUB_CMDLINE_LINUX_DEFAULT="quiet rootwait"\n'
+        "GRUB_CMDLINE_LINUX='console=ttyS0 rootflags=subvol=@rootfs ro root=/dev/sda2'\n")
+    line = adopt.kernel_cmdline(tmp_path, "u-1")
+    # rootwait is kept (it only starts with "ro"); the old root and its flags are not.
+    assert line == "root=UUID=u-1 rootfstype=btrfs ro console=ttyS0 quiet rootwait panic=5"
+
+
+def test_the_before_amber_entry_boots_the_old_root(tmp_path: Path) -> None:
+    (tmp_path / "etc/default").mkdir(parents=True)
+    (tmp_path / "etc/default/grub").write_text('GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n')
+
+    def entry(subvolume: str) -> dict[str, str]:
+        found = adopt.Found(tmp_path, "/dev/sda2", "u-1", subvolume, 256, (), 0, 0, "6.1.0-9",
+                            takeover.Targets(esp.MountedEsp(tmp_path), None, None, None, ()))
+        return adopt.before_entry(found)
+
+    rootfs = entry("@rootfs")
+    assert rootfs["kernel"] == "/@rootfs/boot/vmlinuz-6.1.0-9"
+    assert rootfs["arguments"] == "root=UUID=u-1 ro rootflags=subvol=@rootfs quiet"
+    top = entry("")
+    assert top["initrd"] == "/boot/initrd.img-6.1.0-9"
+    assert "rootflags=subvolid=5" in top["arguments"]  # the default subvolume is amber's now
+
+    before = menu.Before(rootfs["title"], rootfs["kernel"], rootfs["initrd"],
+                         rootfs["arguments"])
+    text = menu.render(_entry(1), [_entry(1)], 3, before=before)
+    assert f"--id {menu.BEFORE_ID} {{" in text
+    assert "menuentry 'amber: the system before amber (@rootfs) - kernel 6.1.0-9'" in text
+    require(shutil.which("grub-script-check") is not None, "grub-script-check is missing")
+    for name, content in (("menu.cfg", text), ("grub.cfg", takeover.handover_cfg("ABCD-1234"))):
+        path = tmp_path / name
+        path.write_text(content)
+        subprocess.run(["grub-script-check", str(path)], check=True)
