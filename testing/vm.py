@@ -322,6 +322,9 @@ class VM:
                 "-drive", f"file={self.disk},format=raw,if=virtio,cache=unsafe",
                 "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:{AGENT_PORT}",
                 "-device", "virtio-net-pci,netdev=net0",
+                # A hardware watchdog, as servers have: amber's health units arm it (a hang
+                # becomes a reset, which GRUB counts as a failed trial boot).
+                "-device", "i6300esb", "-action", "watchdog=reset",
                 # The log keeps every boot's console, across power cuts too (logappend).
                 "-chardev", f"socket,id=ser0,path={self.serial_socket},server=on,wait=off,"
                             f"logfile={self.console},logappend=on",

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import amber
-from amber import layout, log
+from amber import config, layout, log
 from amber.boot import disk, grubenv, kernels, menu
 from amber.fleet import units
 from amber.log import ExitCode, die
@@ -102,6 +102,7 @@ class ImageSpec:
     hostname: str = "amber"
     extra_files: tuple[ExtraFile, ...] = field(default=())
     format: ImageFormat = ImageFormat.RAW
+    health: bool = True  # the image's amber.conf turns trial boots on
 
 
 @dataclass(frozen=True)
@@ -442,6 +443,19 @@ compress="cat"
 """
 REGENERATE_CONF_PATH = "etc/dracut.conf.d/20-amber-regenerate.conf"
 
+IMAGE_CONFIG = """\
+# Written by amber image build. Every key with its default and what it does:
+# /usr/share/doc/amber/examples/amber.conf
+[health]
+enabled = {enabled}  # trial boots: a new default that does not come up healthy gives way
+"""
+
+
+def write_image_config(rootfs: Path, spec: ImageSpec) -> None:
+    path = rootfs / config.CONFIG_PATH
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(IMAGE_CONFIG.format(enabled=str(spec.health).lower()))
+
 
 def configure(rootfs: Path, spec: ImageSpec, fs_uuid: str, esp_volume_id: str,
               info: dict[str, str]) -> None:
@@ -502,9 +516,10 @@ def fill_root(top: Path, spec: ImageSpec, tarball: Path, amber_deb: Path, fs_uui
     log.step(f"Configuring the system (kernel {release}) and installing amber")
     configure(rootfs, spec, fs_uuid, esp_volume_id, info)
     install_amber(rootfs, amber_deb)
+    write_image_config(rootfs, spec)
     for extra in spec.extra_files:
         write_extra_file(rootfs, extra)
-    units.enable(rootfs)  # the update timer, as the image's amber.conf asks (issue 13)
+    units.enable(rootfs)  # the update timer and the health units, as amber.conf asks
     log.step("Splitting off the shared subvolumes and closing snapshot 1")
     layout.finish(top)
     menu.install(Store(top / layout.CONTAINER))

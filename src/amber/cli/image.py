@@ -15,7 +15,8 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     spec = image.ImageSpec(size=image.parse_size(args.size),
                            include=image.parse_packages(args.include),
                            kernel_cmdline=args.kernel_cmdline,
-                           format=image.ImageFormat(args.format))
+                           format=image.ImageFormat(args.format),
+                           health=not args.no_health)
     built = image.build(args.image, spec, cache_dir=args.cache_dir, amber_deb=args.amber_deb)
     if args.json:
         print_json(built.as_json())
@@ -42,6 +43,8 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
                    help="extra Debian packages to install (repeatable)")
     b.add_argument("--kernel-cmdline", default="", metavar="ARGS",
                    help="extra kernel command-line arguments recorded with the image")
+    b.add_argument("--no-health", action="store_true",
+                   help="leave trial boots off in the image's amber.conf ([health] enabled)")
     b.add_argument("--cache-dir", type=Path, default=Path("/var/cache/amber/image"),
                    help="where the Debian root filesystem tarball is cached "
                         "(default: /var/cache/amber/image)")
