@@ -233,7 +233,8 @@ def image_key(spec: ImageSpec, sources: str, amber_deb: Path) -> str:
     extras = [(f.path, f.content, f.mode, f.link_to) for f in spec.extra_files]
     inputs = {"rootfs": rootfs_key(spec, sources), "amber": file_hash(amber_deb),
               "size": spec.size, "cmdline": spec.kernel_cmdline, "hostname": spec.hostname,
-              "extras": extras, "format": str(spec.format), "image_format": IMAGE_FORMAT}
+              "extras": extras, "format": str(spec.format), "image_format": IMAGE_FORMAT,
+              "health": spec.health}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -92,6 +92,16 @@ def test_image_key_follows_amber_package(tmp_path: Path) -> None:
     assert image.image_key(dataclasses.replace(spec, size=1 << 30), "s", deb) != changed
     qcow2 = dataclasses.replace(spec, format=image.ImageFormat.QCOW2)
     assert image.image_key(qcow2, "s", deb) != changed
+    assert image.image_key(dataclasses.replace(spec, health=False), "s", deb) != changed
+
+
+@pytest.mark.parametrize("health", [True, False])
+def test_image_config_turns_health_on_unless_told(tmp_path: Path, health: bool) -> None:
+    from amber import config
+
+    image.write_image_config(tmp_path, ImageSpec(health=health))
+    assert config.load(tmp_path).health.enabled is health
+    assert config.load(tmp_path).health.tries == config.HealthConfig().tries
 
 
 def test_package_is_found_in_the_checkout_and_must_be_fresh(
