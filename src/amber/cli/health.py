@@ -67,12 +67,19 @@ def cmd_enable(args: argparse.Namespace) -> int:
     """Write (or remove) the health units in this root's /etc, which is writable: as
     `systemctl enable` would. Snapshots made from now on carry them."""
     from amber import config
+    from amber.errors import ExitCode, die
     from amber.fleet import units
     from amber.snapshots import Store
 
     Store(args.root).check()
     on = args.health_verb == "enable"
-    changed = units.enable_health(args.root) if on else units.disable_health(args.root)
+    try:
+        changed = units.enable_health(args.root) if on else units.disable_health(args.root)
+    except OSError as e:
+        die(f"cannot {args.health_verb} the health units in {args.root / 'etc/systemd/system'}: "
+            f"{e.strerror}", hint="run it as root, on a system whose /etc is writable (amber's "
+            "layout gives each snapshot its own)",
+            code=ExitCode.ENVIRONMENT)
     settings = config.load(args.root)
     if args.json:
         log.print_json({"units": changed, "enabled": on,
