@@ -39,6 +39,7 @@ from typing import Any, BinaryIO
 
 from amber.log import AmberError, ExitCode, die, step
 from testing.agent import AGENT_PORT, MAGIC, recv_frame
+from testing.filelock import locked
 
 AGENT_UNIT = "amber-test-agent.service"
 AGENT_PATH = "/usr/lib/amber-test/agent.py"
@@ -231,11 +232,12 @@ class VM:
         deb = self.amber_package()
         key = image.image_key(spec, image.apt_sources_text(), deb)
         path = self.cache / f"test-{key}.raw"
-        if path.exists() and image.info_path(path).exists():
-            return path
-        for old in self.cache.glob("test-*.raw*"):
-            old.unlink()
-        image.build(path, spec, cache_dir=self.cache, amber_deb=deb)
+        with locked(self.cache / ".build.lock"):
+            if path.exists() and image.info_path(path).exists():
+                return path
+            for old in self.cache.glob("test-*.raw*"):
+                old.unlink()
+            image.build(path, spec, cache_dir=self.cache, amber_deb=deb)
         return path
 
     def amber_package(self) -> Path:

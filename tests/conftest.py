@@ -41,3 +41,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise pytest.UsageError(
             f"only {free >> 20} MiB free under {base}; the suite needs "
             f"{FREE_SPACE_NEEDED >> 30} GiB (hint: remove old pytest-of-* directories there)")
+
+
+# `tools/test -n 2` runs the suite in two lanes (pytest-xdist, --dist loadgroup). Each VM module
+# stays whole in one lane, so its tests share one booted VM; these go to lane "a", every other
+# test (unit, root, the other VM modules) to lane "b", so that the lanes take about as long.
+# Lane "b" keeps all users of testing/images' caches in one process.
+LANE_A = frozenset({"test_livepatch_apply", "test_menu"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        module = item.path.stem
+        lane = "a" if module in LANE_A else "b"
+        item.add_marker(pytest.mark.xdist_group(lane))

@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from amber.run import run
+from testing.filelock import locked
 
 SOURCE_DIR = Path(__file__).resolve().parent
 SOURCES = ("Makefile", "amber_lp_common.h", "amber_lp_v1.c", "amber_lp_v2.c", "amber_lp_stall.c",
@@ -61,8 +62,13 @@ def build_modules(kernel_release: str, out_dir: Path) -> dict[str, Path]:
     out_dir = out_dir.resolve()
     target = out_dir / f"{kernel_release}-{_inputs_key(kernel_release)}"
     result = {name: target / f"{name}.ko" for name in MODULES}
-    if all(path.exists() for path in result.values()):
-        return result
+    with locked(out_dir / ".build.lock"):
+        if not all(path.exists() for path in result.values()):
+            _build_into(target, kernel_release, out_dir)
+    return result
+
+
+def _build_into(target: Path, kernel_release: str, out_dir: Path) -> None:
     headers = headers_dir(kernel_release)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
@@ -78,7 +84,6 @@ def build_modules(kernel_release: str, out_dir: Path) -> dict[str, Path]:
             shutil.copy2(build / f"{name}.ko", staging / f"{name}.ko")
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
-    return result
 
 
 # ---- signing --------------------------------------------------------------------------------
