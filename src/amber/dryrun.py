@@ -94,7 +94,7 @@ def plan_packages(root: Path, base: str | None, action: str, names: Sequence[str
         else:
             repository.append(name)
     if repository or action == "up":
-        _simulate(plan, snapshot, installed, action, repository)
+        _simulate(plan, root, snapshot, installed, action, repository)
     return plan
 
 
@@ -144,9 +144,10 @@ def newer(candidate: str, installed: str, *, rpm: bool) -> bool:
     return result.returncode == 0
 
 
-def _simulate(plan: Plan, snapshot: Path, installed: dict[str, str], action: str,
+def _simulate(plan: Plan, root: Path, snapshot: Path, installed: dict[str, str], action: str,
               names: Sequence[str]) -> None:
     from amber import packages
+    from amber.packages.apt import APT_STATE
 
     if not packages.has_program(snapshot, "/usr/bin/apt-get"):
         die(f"--dry-run of '{action}' with packages from repositories needs apt in the snapshot",
@@ -157,7 +158,11 @@ def _simulate(plan: Plan, snapshot: Path, installed: dict[str, str], action: str
     dpkg = database.dpkg_database(snapshot)
     argv = ["apt-get", "-s", "-q", "-o", f"Dir={snapshot}",
             "-o", "Dir::Cache::pkgcache=", "-o", "Dir::Cache::srcpkgcache=",
-            "-o", "Debug::NoLocking=true"]
+            "-o", "Debug::NoLocking=true",
+            # apt's lists and its auto-installed marks live in the shared /var, which the
+            # snapshot's own var/ does not hold: the running system's, as apt-get update left them
+            "-o", f"Dir::State::Lists={root / APT_STATE / 'lists'}",
+            "-o", f"Dir::State::extended_states={root / APT_STATE / 'extended_states'}"]
     if dpkg is not None:
         argv += ["-o", f"Dir::State::status={dpkg / 'status'}"]
     if action == "up":

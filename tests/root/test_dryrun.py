@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
-from testing.packages import build_deb
+from testing.packages import build_deb, write_apt_index
 from tests.root.conftest import System
 from tests.root.helpers import amber, amber_json, numbers
 
@@ -45,3 +46,22 @@ def test_json_error_object_on_stdout(system: System) -> None:
     error = json.loads(result.stdout)["error"]
     assert "does not exist" in error["message"] and error["code"] == 5
     assert "error: " in result.stderr
+
+
+def test_dry_run_of_a_package_from_a_repository(system: System, tmp_path: Path) -> None:
+    """apt's lists are in the shared /var, not in the snapshot: the simulation must read them
+    there, or a package only the repository has is 'unable to locate'."""
+    repository = system.root / "srv/repository"
+    repository.mkdir(parents=True)
+    build_deb(repository, "amber-dry-repo", "3.1", {"/usr/share/amber-dry-repo/x": "x\n"})
+    write_apt_index(repository)
+    # Compressed: apt links an uncompressed file: index into its lists by its path in the
+    # snapshot, which the host (reading the lists under --root) would not find.
+    subprocess.run(["gzip", "-f", str(repository / "Packages")], check=True)
+    amber(system.root, "run", "--", "sh", "-c",
+          "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*; echo 'deb [trusted=yes] "
+          "file:/srv/repository ./' > /etc/apt/sources.list.d/amber-test.list; apt-get update")
+    before = numbers(system.root)
+    plan = amber_json(system.root, "pkg", "install", "amber-dry-repo", "--dry-run", "--continue")
+    assert plan["would"]["added"] == [{"name": "amber-dry-repo", "version": "3.1"}]
+    assert numbers(system.root) == before

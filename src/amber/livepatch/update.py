@@ -24,7 +24,6 @@ from amber import config, log, transaction
 if TYPE_CHECKING:
     from amber.livepatch import kernel
 
-APT_LISTS = "var/lib/apt/lists"
 
 
 class Update(NamedTuple):
@@ -53,8 +52,10 @@ def is_deb_livepatch_name(name: str, release: str) -> bool:
 def apt_candidates(root: Path, release: str) -> dict[str, list[str]]:
     """{package name: versions} of the live patch packages for `release` in the apt indexes
     (the lists in the shared /var, as `apt-get update` left them)."""
+    from amber.packages.apt import APT_STATE
+
     found: dict[str, list[str]] = {}
-    lists = root / APT_LISTS
+    lists = root / APT_STATE / "lists"
     for index in sorted(lists.glob("*_Packages")) if lists.is_dir() else []:
         for stanza in read_in_root(root, index).split("\n\n"):
             name = re.search(r"^Package: *(\S+)", stanza, re.M)

@@ -8,6 +8,9 @@ from pathlib import Path
 from amber.log import ExitCode, die
 from amber.packages import Action, has_program
 
+# apt's state (its lists, extended_states) under a system root: in the shared /var, not in a
+# snapshot
+APT_STATE = Path("var/lib/apt")
 APT = ["apt-get", "-q", "-y", "-o", "Dpkg::Options::=--force-confdef",
        "-o", "Dpkg::Options::=--force-confold"]
 
