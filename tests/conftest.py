@@ -43,10 +43,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             f"{FREE_SPACE_NEEDED >> 30} GiB (hint: remove old pytest-of-* directories there)")
 
 
-# `tools/test -n 2` runs the suite in two lanes (pytest-xdist, --dist loadgroup). Each VM module
-# stays whole in one lane, so its tests share one booted VM; these go to lane "a", every other
-# test (unit, root, the other VM modules) to lane "b", so that the lanes take about as long.
-# Lane "b" keeps all users of testing/images' caches in one process.
+# `AMBER_TEST_LANES=2 tools/test` runs the suite in two lanes (pytest-xdist, --dist loadgroup).
+# Each VM module stays whole in one lane, so its tests share one booted VM; these go to lane "a",
+# every other test (unit, root, the other VM modules) to lane "b", so that the lanes take about
+# as long. testing/images builds its caches without a lock: only lane "b" builds them.
 LANE_A = frozenset({"test_livepatch_apply", "test_menu"})
 
 

@@ -11,6 +11,11 @@ from typing import Any
 
 AMBER = [sys.executable, "-m", "amber.cli"]
 REPO = Path(__file__).resolve().parents[2]
+# A shell command for `amber run`: apt uses only the flat repository in the system root's
+# /srv/repository (testing.packages.write_apt_index), and reads its index.
+USE_LOCAL_APT_REPOSITORY = (
+    "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*; echo 'deb [trusted=yes] "
+    "file:/srv/repository ./' > /etc/apt/sources.list.d/amber-test.list; apt-get update")
 
 
 def amber(root: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from testing.packages import build_deb, write_apt_index
 from tests.root.conftest import System
-from tests.root.helpers import amber, amber_json, numbers
+from tests.root.helpers import USE_LOCAL_APT_REPOSITORY, amber, amber_json, numbers
 
 
 def test_dry_run_of_a_local_deb_says_what_and_creates_nothing(system: System,
@@ -58,9 +58,7 @@ def test_dry_run_of_a_package_from_a_repository(system: System, tmp_path: Path) 
     # Compressed: apt links an uncompressed file: index into its lists by its path in the
     # snapshot, which the host (reading the lists under --root) would not find.
     subprocess.run(["gzip", "-f", str(repository / "Packages")], check=True)
-    amber(system.root, "run", "--", "sh", "-c",
-          "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*; echo 'deb [trusted=yes] "
-          "file:/srv/repository ./' > /etc/apt/sources.list.d/amber-test.list; apt-get update")
+    amber(system.root, "run", "--", "sh", "-c", USE_LOCAL_APT_REPOSITORY)
     before = numbers(system.root)
     plan = amber_json(system.root, "pkg", "install", "amber-dry-repo", "--dry-run", "--continue")
     assert plan["would"]["added"] == [{"name": "amber-dry-repo", "version": "3.1"}]

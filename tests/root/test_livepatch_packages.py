@@ -18,7 +18,13 @@ from testing import rootfs
 from testing.livepatch_packages import build_livepatch_deb, deb_name
 from testing.packages import write_apt_index
 from tests.root.conftest import System
-from tests.root.helpers import amber, dpkg_installed, numbers, status
+from tests.root.helpers import (
+    USE_LOCAL_APT_REPOSITORY,
+    amber,
+    dpkg_installed,
+    numbers,
+    status,
+)
 from tests.root.test_livepatch_apply import Kit, active, kernel, kit, prepare  # noqa: F401
 from tests.support.fake_kernel import FakeKernel
 
@@ -34,9 +40,8 @@ def with_repository(system: System, kit: Kit) -> Path:
     repository.mkdir()
     write_apt_index(repository)
     amber(system.root, "run", "--", "sh", "-c",
-          "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*; echo 'deb [trusted=yes] "
-          "file:/srv/repository ./' > /etc/apt/sources.list.d/amber-test.list; apt-get update; "
-          "mkdir -p /etc/amber; printf '[livepatch]\\ntransition_timeout = 1.0\\n' "
+          f"{USE_LOCAL_APT_REPOSITORY}; mkdir -p /etc/amber; "
+          "printf '[livepatch]\\ntransition_timeout = 1.0\\n' "
           "> /etc/amber/amber.conf")
     rootfs.unmount_all(system.mounts)
     system.mounts = rootfs.mount_root(system.device, system.root)

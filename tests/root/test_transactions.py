@@ -32,6 +32,7 @@ from tests.root.badstate import (
 from tests.root.conftest import System
 from tests.root.helpers import (
     AMBER,
+    USE_LOCAL_APT_REPOSITORY,
     amber,
     crashing,
     dpkg_installed,
@@ -291,9 +292,7 @@ def test_install_by_name_and_up_from_an_apt_repository(system: System) -> None:
     repository.mkdir()
     build_deb(repository, "amber-hello", "1.0", {"/usr/share/amber-hello/version": "1.0\n"})
     write_apt_index(repository)
-    amber(system.root, "run", "--", "sh", "-c",
-          "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*; echo 'deb [trusted=yes] "
-          "file:/srv/repository ./' > /etc/apt/sources.list.d/amber-test.list; apt-get update")
+    amber(system.root, "run", "--", "sh", "-c", USE_LOCAL_APT_REPOSITORY)
     amber(system.root, "pkg", "install", "--continue", "amber-hello")
     assert (system.snapshot(3) / "usr/share/amber-hello/version").read_text() == "1.0\n"
 

@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from amber.livepatch import kernel
 
 
-
 class Update(NamedTuple):
     package: str | None  # None: no live patch package for the running kernel
     result: transaction.Result | None
