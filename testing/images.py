@@ -17,8 +17,9 @@ from amber import layout
 CACHE = Path(os.environ.get("AMBER_TEST_CACHE", "/var/tmp/amber-test-cache"))
 SUITE = "bookworm"
 INCLUDE = ("rpm",)
-# A second system whose initrd generator is Debian's default, initramfs-tools (with kmod).
-INCLUDE_INITRAMFS_TOOLS = (*INCLUDE, "initramfs-tools", "kmod")
+# A second system whose initrd generator is Debian's default, initramfs-tools (with kmod, and
+# mount, which every installed Debian has and amber's initramfs-tools hook copies).
+INCLUDE_INITRAMFS_TOOLS = (*INCLUDE, "initramfs-tools", "kmod", "mount")
 # And one with SUSE's package manager (Debian packages it), so that zypper runs for real.
 INCLUDE_ZYPPER = (*INCLUDE, "zypper")
 INCLUDE_DNF = (*INCLUDE, "dnf", "createrepo-c")

@@ -101,6 +101,12 @@ def stage(root: Path, changelog: Changelog) -> None:
         for path in sorted(module.iterdir()):
             write(root / "usr/lib/dracut/modules.d" / module.name / path.name,
                   path.read_bytes(), 0o755)
+    # and the same for initramfs-tools: a hook that puts dracut's script into the initrd, and
+    # the local-bottom script that runs it
+    initramfs_tools = SOURCE / "data/initramfs-tools"
+    for path in sorted(p for p in initramfs_tools.rglob("*") if p.is_file()):
+        write(root / "usr/share/initramfs-tools" / path.relative_to(initramfs_tools),
+              path.read_bytes(), 0o755)
     date = _date(changelog.epoch)
     write(root / "usr/share/man/man8/amber.8.gz",
           gzipped(manpage.render(changelog.version, date).encode()))
@@ -145,6 +151,7 @@ def control_files(root: Path, changelog: Changelog) -> None:
     write(debian / "md5sums", sums)
     for script in ("postinst", "prerm"):
         write(debian / script, (PACKAGING / script).read_bytes(), 0o755)
+    write(debian / "triggers", (PACKAGING / "triggers").read_bytes())
 
 
 def clamp_times(root: Path, epoch: int) -> None:

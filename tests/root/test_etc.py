@@ -301,3 +301,90 @@ def test_merge_with_the_parent_gone_keeps_the_update_and_says_so(system: System)
     assert btrfs.is_read_only(system.snapshot(2) / "usr/lib/amber/etc-origin")
     assert amber_json(system.root, "etc", "diff", "2")["changes"] == []
     assert (system.snapshot(2) / "etc/orphan.conf").read_text() == "update\n"
+
+
+INITRAMFS_TOOLS = Path(__file__).parents[2] / "src/amber/data/initramfs-tools"
+STANDIN_RELEASE = "6.1.0-amber-standin"
+
+
+def install_initramfs_tools_hook(snapshot: Path) -> None:
+    """amber's files where its package puts them (tools/package), and a stand-in kernel that
+    update-initramfs can build an initrd for."""
+    for path in (p for p in INITRAMFS_TOOLS.rglob("*") if p.is_file()):
+        target = snapshot / "usr/share/initramfs-tools" / path.relative_to(INITRAMFS_TOOLS)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+        target.chmod(0o755)
+    dracut = snapshot / "usr/lib/dracut/modules.d/90amber-etc"
+    dracut.mkdir(parents=True, exist_ok=True)
+    (dracut / "amber-etc.sh").write_bytes(HOOK.read_bytes())
+    (snapshot / f"boot/config-{STANDIN_RELEASE}").write_text("CONFIG_RD_GZIP=y\nCONFIG_RD_ZSTD=y\n")
+    modules = snapshot / f"usr/lib/modules/{STANDIN_RELEASE}"
+    modules.mkdir(parents=True, exist_ok=True)
+    for name in ("modules.order", "modules.builtin"):
+        (modules / name).write_text("")
+
+
+def test_initramfs_tools_initrd_merges_and_mounts_etc_writable(
+        initramfs_tools_system: System, tmp_path: Path) -> None:
+    """Debian's default generator, for real: update-initramfs builds an initrd with amber's hook,
+    and the initrd's own local-bottom script, run by the initrd's own shell and tools (a chroot
+    into the unpacked initrd), merges a pending /etc and mounts it writable over the read-only
+    root at $rootmnt."""
+    system = initramfs_tools_system
+    btrfs.set_read_only(system.snapshot(1), False)
+    install_initramfs_tools_hook(system.snapshot(1))
+    btrfs.set_read_only(system.snapshot(1), True)
+    amber(system.root, "run", "--", "update-initramfs", "-c", "-k", STANDIN_RELEASE)
+    reboot(system)
+    amber(system.root, "run", "--", "sh", "-c", "echo update > /etc/from-update.conf")
+    snapshot = system.snapshot(3)  # the default, its merge pending
+    assert (snapshot / "etc/etc.syncpoint").is_dir()
+    (system.root / "etc/from-admin.conf").write_text("admin\n")
+
+    initrd = unpack_initrd(snapshot / f"boot/initrd.img-{STANDIN_RELEASE}", tmp_path / "initrd")
+    assert "/scripts/local-bottom/amber-etc" in (initrd / "scripts/local-bottom/ORDER").read_text()
+    for tool in ("chroot", "mount", "umount", "sync", "stat"):
+        assert os.access(initrd / "usr/lib/amber/bin" / tool, os.X_OK)
+    assert (initrd / "usr/lib/amber/amber-etc.sh").read_bytes() == HOOK.read_bytes()
+
+    rootmnt = initrd / "root"
+    mounts = [initrd / "proc", initrd / "dev", rootmnt]
+    for point in mounts:  # the initrd's init makes them at boot
+        point.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "proc", "proc", str(initrd / "proc")], check=True)
+    try:
+        subprocess.run(["mount", "--bind", "/dev", str(initrd / "dev")], check=True)
+        subprocess.run(["mount", "-o", "ro", str(system.device), str(rootmnt)], check=True)
+        result = subprocess.run(
+            ["chroot", str(initrd), "/bin/sh", "/scripts/local-bottom/amber-etc"],
+            capture_output=True, text=True, timeout=120,
+            env={"PATH": "/sbin:/usr/sbin:/bin:/usr/bin", "rootmnt": "/root",
+                 "AMBER_ETC_MERGE": "mkdir /root/var/amber-merge-ran"})
+        assert result.returncode == 0, result.stderr
+        assert (system.root / "var/amber-merge-ran").is_dir()  # with /var mounted writable
+        assert os.path.ismount(rootmnt / "etc")
+        assert not os.path.ismount(rootmnt / ".snapshots") and not os.path.ismount(rootmnt / "var")
+        assert (rootmnt / "etc/from-update.conf").read_text() == "update\n"
+        (rootmnt / "etc/written-at-boot").write_text("rw\n")
+        with pytest.raises(OSError):
+            (rootmnt / "usr/not-writable").write_text("x")
+    finally:
+        subprocess.run(["umount", "-R", str(rootmnt)], check=False)
+        for point in mounts[:2]:
+            subprocess.run(["umount", str(point)], check=False)
+
+
+def unpack_initrd(image: Path, out: Path) -> Path:
+    """The initrd's main archive, unpacked with modes and links (the part after any early cpio)."""
+    from amber.boot import initrd
+
+    data = image.read_bytes()
+    offset = initrd.main_archive_offset(data)
+    command = next(c for magic, c in initrd.DECOMPRESSORS.items()
+                   if data[offset:offset + len(magic)] == magic)
+    out.mkdir()
+    subprocess.run(["sh", "-c", f'tail -c +{offset + 1} "$1" | {command} | '
+                    "cpio -idm --quiet --no-absolute-filenames", "sh", str(image)],
+                   cwd=out, check=True)
+    return out
