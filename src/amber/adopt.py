@@ -67,6 +67,25 @@ class Found:
                 if bios else None, "notes": list(self.notes)}
 
 
+def check_etc_hook(root: Path, release: str) -> list[str]:
+    """Snapshot 1 boots the old root's initrd: without amber's hook (dracut's 90amber-etc,
+    initramfs-tools' amber-etc, both named amber-etc.sh inside) its /etc would stay read-only.
+    Refused when the initrd is readable and lacks it; a note when it cannot be read."""
+    from amber.boot import initrd
+
+    image = root / f"boot/initrd.img-{release}"
+    listing = initrd.list_initrd(image)
+    if listing is None:
+        return [f"cannot read {image} to see whether it has amber's /etc hook: if /etc is "
+                "read-only after the switch, rebuild it (update-initramfs -u) and reboot"]
+    if not any(name.endswith("amber-etc.sh") for name in listing.splitlines()):
+        die(f"the initrd {image} lacks amber's /etc hook: snapshot 1 would boot with a "
+            "read-only /etc", hint="install amber's Debian package (it rebuilds the initrd), or "
+            "rebuild it with 'update-initramfs -u' (or 'dracut --force'), then run amber init "
+            "again", code=ExitCode.REFUSED)
+    return []
+
+
 def _findmnt(root: Path, *columns: str) -> list[str]:
     out = run(["findmnt", "--noheadings", "--first-only", "--nofsroot", "--target", str(root),
                "--output", ",".join(columns), "--raw"], capture=True,
@@ -136,6 +155,7 @@ def inspect(root: Path, esp: Path | None = None, disk: Path | None = None) -> Fo
     boot = takeover.find(root, source, uuid, esp, disk)
     takeover.check_host(boot)
     notes = [f"/{name} is a mount of its own: kept as it is" for name in separate]
+    notes += check_etc_hook(root, release)
     return Found(root, source, uuid, subvolume, btrfs.subvolume_id(root), separate, free,
                  needed, release, boot, (*notes, *boot.notes))
 

@@ -8,8 +8,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from amber import adopt
 from amber.boot import esp, gpt, menu, takeover
+from amber.errors import AmberError, ExitCode
 from tests.conftest import require
 from tests.unit.test_boot_menu import _entry
 
@@ -70,3 +73,40 @@ def test_the_before_amber_entry_boots_the_old_root(tmp_path: Path) -> None:
         path = tmp_path / name
         path.write_text(content)
         subprocess.run(["grub-script-check", str(path)], check=True)
+
+
+def _initrd(root: Path, names: list[str]) -> None:
+    """An uncompressed initrd (one newc archive, as cpio writes it) holding `names`."""
+    tree = root / "tree"
+    for name in names:
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text("#!/bin/sh\n")
+    (root / "boot").mkdir(exist_ok=True)
+    with open(root / "boot/initrd.img-6.1.0-test", "wb") as out:
+        subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=tree, check=True, stdout=out,
+                       input="\n".join(names).encode())
+
+
+@pytest.mark.parametrize("hook", ["usr/lib/amber/amber-etc.sh",  # initramfs-tools
+                                  "var/lib/dracut/hooks/pre-pivot/50-amber-etc.sh"])
+def test_an_initrd_with_amber_s_etc_hook_passes(tmp_path: Path, hook: str) -> None:
+    require(shutil.which("cpio") is not None, "cpio is missing")
+    _initrd(tmp_path, ["init", hook])
+    assert adopt.check_etc_hook(tmp_path, "6.1.0-test") == []
+
+
+def test_an_initrd_without_amber_s_etc_hook_is_refused(tmp_path: Path) -> None:
+    require(shutil.which("cpio") is not None, "cpio is missing")
+    _initrd(tmp_path, ["init", "scripts/local-bottom/ORDER"])
+    with pytest.raises(AmberError) as refused:
+        adopt.check_etc_hook(tmp_path, "6.1.0-test")
+    assert refused.value.code == ExitCode.REFUSED
+    assert "read-only /etc" in refused.value.message
+    assert "update-initramfs -u" in (refused.value.hint or "")
+
+
+def test_an_initrd_that_cannot_be_read_is_a_note(tmp_path: Path) -> None:
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot/initrd.img-6.1.0-test").write_text("not an initrd\n")
+    notes = adopt.check_etc_hook(tmp_path, "6.1.0-test")
+    assert len(notes) == 1 and "update-initramfs -u" in notes[0]
