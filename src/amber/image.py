@@ -410,13 +410,23 @@ def find_package(explicit: Path | None = None) -> Path:
         code=ExitCode.NOT_FOUND)
 
 
+# dpkg in a chroot with /dev, /proc and /sys, in a mount namespace of its own (nothing to undo):
+# amber's package activates the initrd generator's trigger, and dracut needs all three.
+CHROOT_WITH_KERNEL_FILESYSTEMS = (
+    'mount -t proc proc "$1/proc" && mount --rbind /dev "$1/dev" && '
+    'mount --rbind /sys "$1/sys" && root=$1 && shift && exec chroot "$root" "$@"')
+
+
 def install_amber(rootfs: Path, deb: Path) -> None:
     """dpkg in the image's chroot installs the package; its postinst byte-compiles the modules
-    now, while / is still writable."""
+    now, while / is still writable, and its trigger rebuilds the initrd (with the same
+    configuration as the first one)."""
     inside = rootfs / "tmp" / deb.name
     shutil.copyfile(deb, inside)
     try:
-        run(["chroot", str(rootfs), "dpkg", "--install", f"/tmp/{deb.name}"], capture=True,
+        run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             CHROOT_WITH_KERNEL_FILESYSTEMS, "sh", str(rootfs), "dpkg", "--install",
+             f"/tmp/{deb.name}"], capture=True,
             where="while installing amber's package in the image")
     finally:
         inside.unlink(missing_ok=True)
