@@ -75,6 +75,45 @@ def default_state() -> Path:
 
 # ---- the test image ------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class SshKeys:
+    """The test image's SSH keys, made once per cache (the image's cache key holds them): host
+    keys, so that no test VM spends its first boot making its own, and a client key for root."""
+
+    folder: Path
+
+    @property
+    def client(self) -> Path:
+        return self.folder / "id_ed25519"
+
+    @property
+    def host_keys(self) -> list[Path]:
+        return sorted((self.folder / "etc/ssh").glob("ssh_host_*"))
+
+    @classmethod
+    def in_cache(cls, cache: Path) -> SshKeys:
+        keys = cls(cache / "ssh")
+        with locked(cache / ".ssh.lock"):
+            if not keys.client.exists():
+                partial = cache / f".ssh.{os.getpid()}"
+                shutil.rmtree(partial, ignore_errors=True)
+                (partial / "etc/ssh").mkdir(parents=True)
+                subprocess.run(["ssh-keygen", "-A", "-f", str(partial)], check=True,
+                               capture_output=True)
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C",
+                                "amber-tests", "-f", str(partial / "id_ed25519")], check=True)
+                shutil.rmtree(keys.folder, ignore_errors=True)
+                partial.rename(keys.folder)
+        return keys
+
+    def image_files(self) -> tuple[Any, ...]:
+        from amber.image import ExtraFile
+
+        return tuple(ExtraFile(f"/etc/ssh/{key.name}", key.read_text(),
+                               mode=0o644 if key.suffix == ".pub" else 0o600)
+                     for key in self.host_keys)
+
+
 def test_image_files() -> tuple[Any, ...]:
     """What only the test image has: the agent's service and a static address for it."""
     from amber.image import ExtraFile
@@ -222,7 +261,13 @@ class VM:
     def image_spec(self) -> Any:
         from amber.image import ImageSpec
 
-        return ImageSpec(size=IMAGE_SIZE, extra_files=test_image_files())
+        ssh = self.ssh_keys()
+        return ImageSpec(size=IMAGE_SIZE, extra_files=test_image_files() + ssh.image_files(),
+                         authorized_keys=ssh.client.with_suffix(".pub").read_text())
+
+    def ssh_keys(self) -> SshKeys:
+        self.cache.mkdir(parents=True, exist_ok=True)
+        return SshKeys.in_cache(self.cache)
 
     def build(self) -> Path:
         """The test image, built or reused from the cache keyed by its inputs."""
@@ -284,6 +329,11 @@ class VM:
     def running(self) -> bool:
         return self._pid() is not None
 
+    def ssh_port(self) -> int:
+        """The host port forwarded to the guest's sshd (127.0.0.1 only)."""
+        self._port()
+        return int(self._load()["ssh_port"])
+
     def _port(self) -> int:
         port = self._load().get("port")
         if not isinstance(port, int) or not self.running():
@@ -317,12 +367,14 @@ class VM:
         self._save({"firmware": str(firmware), "boots": []})
         return self._power_on()
 
-    def qemu_argv(self, port: int) -> list[str]:
+    def qemu_argv(self, port: int, ssh_port: int) -> list[str]:
         firmware = self.firmware
+        forwards = (f"hostfwd=tcp:127.0.0.1:{port}-:{AGENT_PORT},"
+                    f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22")
         argv = ["qemu-system-x86_64", "-accel", "tcg", "-machine", "q35", "-m", MEMORY,
                 "-smp", CPUS, "-nodefaults", "-no-user-config", "-display", "none",
                 "-drive", f"file={self.disk},format=raw,if=virtio,cache=unsafe",
-                "-netdev", f"user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:{AGENT_PORT}",
+                "-netdev", f"user,id=net0,restrict=on,{forwards}",
                 "-device", "virtio-net-pci,netdev=net0",
                 # A hardware watchdog, as servers have: amber's health units arm it (a hang
                 # becomes a reset, which GRUB counts as a failed trial boot).
@@ -342,14 +394,16 @@ class VM:
     def _power_on(self) -> float:
         """Start qemu on the disk and wait for the agent."""
         self.serial_socket.unlink(missing_ok=True)
-        port = free_port()
-        argv = self.qemu_argv(port)
+        port, ssh_port = free_port(), free_port()
+        while ssh_port == port:
+            ssh_port = free_port()
+        argv = self.qemu_argv(port, ssh_port)
         step(f"Booting the VM ({self.firmware})")
         with open(self.state / "qemu.log", "wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                     start_new_session=True)
         began = time.monotonic()
-        self._update(pid=proc.pid, port=port)
+        self._update(pid=proc.pid, port=port, ssh_port=ssh_port)
         return self._wait_booted(began, previous=None, proc=proc)
 
     def _wait_booted(self, began: float, previous: str | None,

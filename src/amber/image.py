@@ -40,6 +40,7 @@ SUITE = "bookworm"
 BASE_PACKAGES = (
     "linux-image-amd64", "dracut", "systemd", "systemd-sysv", "udev", "python3",
     "python3-btrfsutil", "btrfs-progs", "rpm", "kmod", "openssl", "zstd",
+    "openssh-server",  # fleets are driven over SSH (Ansible); root logs in with a key only
 )
 # dracut's configuration is in place before the kernel's postinst builds the first initrd.
 # A generic (not host-only) initrd: it is built in a chroot that knows nothing of the target.
@@ -103,6 +104,7 @@ class ImageSpec:
     extra_files: tuple[ExtraFile, ...] = field(default=())
     format: ImageFormat = ImageFormat.RAW
     health: bool = True  # the image's amber.conf turns trial boots on
+    authorized_keys: str = ""  # root's ~/.ssh/authorized_keys (public keys, checked)
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,36 @@ def parse_packages(values: Sequence[str]) -> tuple[str, ...]:
                     hint="--include takes names like 'vim,less'", code=ExitCode.USAGE)
             names.append(name)
     return tuple(names)
+
+
+_PUBLIC_KEY = re.compile(r"(?:^|\s)(?:ssh-(?:ed25519|rsa|dss)|ecdsa-sha2-nistp\d+|"
+                         r"sk-(?:ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)"
+                         r"(?:-cert-v01@openssh\.com)? AAAA[A-Za-z0-9+/=]+")
+
+
+def parse_authorized_keys(path: Path) -> str:
+    """The public keys of an authorized_keys file, for root's login over SSH. A private key, or
+    a line that is no key, is refused: the file goes onto every machine made from the image."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        die(f"cannot read the authorized keys {path}: {e}",
+            hint="give a file of public keys, such as ~/.ssh/id_ed25519.pub",
+            code=ExitCode.USAGE)
+    if "PRIVATE KEY" in text:
+        die(f"{path} holds a private key", hint="give the public key (the .pub file) instead",
+            code=ExitCode.USAGE)
+    lines = [line.strip() for line in text.splitlines()]
+    keys = [line for line in lines if line and not line.startswith("#")]
+    for number, line in enumerate(lines, 1):
+        if line and not line.startswith("#") and not _PUBLIC_KEY.search(line):
+            die(f"{path}:{number} is not an SSH public key: {line[:40]!r}",
+                hint="each line: [options] type base64 [comment], as ssh-keygen writes it",
+                code=ExitCode.USAGE)
+    if not keys:
+        die(f"{path} holds no public key", hint="give a file such as ~/.ssh/id_ed25519.pub",
+            code=ExitCode.USAGE)
+    return "".join(f"{key}\n" for key in keys)
 
 
 def packages(spec: ImageSpec) -> tuple[str, ...]:
@@ -234,7 +266,7 @@ def image_key(spec: ImageSpec, sources: str, amber_deb: Path) -> str:
     inputs = {"rootfs": rootfs_key(spec, sources), "amber": file_hash(amber_deb),
               "size": spec.size, "cmdline": spec.kernel_cmdline, "hostname": spec.hostname,
               "extras": extras, "format": str(spec.format), "image_format": IMAGE_FORMAT,
-              "health": spec.health}
+              "health": spec.health, "authorized_keys": spec.authorized_keys}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -462,6 +494,53 @@ enabled = {enabled}  # trial boots: a new default that does not come up healthy 
 """
 
 
+# SSH: the root filesystem is cached and shared by every image built from it, and an image is
+# copied to many machines: it ships no host keys, and each machine makes its own at its first
+# boot (ssh-keygen -A makes only the missing ones), before sshd starts.
+SSH_HOST_KEYS_UNIT = "amber-ssh-host-keys.service"
+SSH_HOST_KEYS = """\
+# Written by amber image build: the image ships no SSH host keys; each machine makes its own.
+[Unit]
+Description=Make this machine's missing SSH host keys (amber images ship none)
+Before=ssh.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=ssh.service
+"""
+SSHD_CONFIG_PATH = "etc/ssh/sshd_config.d/50-amber.conf"
+SSHD_CONFIG = """\
+# Written by amber image build: root logs in with a key only (amber image build
+# --authorized-keys), never with a password.
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+"""
+
+
+def configure_ssh(rootfs: Path, authorized_keys: str) -> None:
+    for key in (rootfs / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    unit = rootfs / "etc/systemd/system" / SSH_HOST_KEYS_UNIT
+    unit.parent.mkdir(parents=True, exist_ok=True)
+    unit.write_text(SSH_HOST_KEYS)
+    wants = rootfs / "etc/systemd/system/ssh.service.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / SSH_HOST_KEYS_UNIT).symlink_to(f"/etc/systemd/system/{SSH_HOST_KEYS_UNIT}")
+    config_file = rootfs / SSHD_CONFIG_PATH
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(SSHD_CONFIG)
+    if authorized_keys:
+        ssh = rootfs / "root/.ssh"
+        ssh.mkdir(mode=0o700, parents=True, exist_ok=True)
+        keys = ssh / "authorized_keys"
+        keys.write_text(authorized_keys)
+        keys.chmod(0o600)
+
+
 def write_image_config(rootfs: Path, spec: ImageSpec) -> None:
     path = rootfs / config.CONFIG_PATH
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -526,6 +605,7 @@ def fill_root(top: Path, spec: ImageSpec, tarball: Path, amber_deb: Path, fs_uui
             "built": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
     log.step(f"Configuring the system (kernel {release}) and installing amber")
     configure(rootfs, spec, fs_uuid, esp_volume_id, info)
+    configure_ssh(rootfs, spec.authorized_keys)
     install_amber(rootfs, amber_deb)
     write_image_config(rootfs, spec)
     for extra in spec.extra_files:

@@ -93,6 +93,8 @@ def test_image_key_follows_amber_package(tmp_path: Path) -> None:
     qcow2 = dataclasses.replace(spec, format=image.ImageFormat.QCOW2)
     assert image.image_key(qcow2, "s", deb) != changed
     assert image.image_key(dataclasses.replace(spec, health=False), "s", deb) != changed
+    keys = dataclasses.replace(spec, authorized_keys=f"{PUBLIC_KEY}\n")
+    assert image.image_key(keys, "s", deb) != changed
 
 
 @pytest.mark.parametrize("health", [True, False])
@@ -192,3 +194,63 @@ def test_cli_parses_image_build() -> None:
         Path("/tmp/x.img"), "8G", ["vim,less"], "quiet", "raw")
     args = build_parser().parse_args(["image", "build", "x.qcow2", "--format", "qcow2"])
     assert image.ImageFormat(args.format) is image.ImageFormat.QCOW2
+
+
+PUBLIC_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk1Lt3OK+yrk2SjbkQ9wbpzpkaIgbOdeOXLwvqZ4xKp "
+              "admin@example")
+
+
+def test_authorized_keys_keep_public_keys_only(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text(f"# the admins\n\n{PUBLIC_KEY}\n"
+                    f'from="10.0.0.0/8",no-pty {PUBLIC_KEY.replace("admin", "ops")}\n')
+    keys = image.parse_authorized_keys(path)
+    assert keys.splitlines() == [PUBLIC_KEY, f'from="10.0.0.0/8",no-pty '
+                                             f'{PUBLIC_KEY.replace("admin", "ops")}']
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n"
+     "-----END OPENSSH PRIVATE KEY-----\n", "private key"),
+    ("# only a comment\n\n", "no public key"),
+    (f"{PUBLIC_KEY}\nhello world\n", ":2 is not an SSH public key"),
+])
+def test_authorized_keys_refuse_what_is_no_public_key(tmp_path: Path, content: str,
+                                                      says: str) -> None:
+    path = tmp_path / "keys"
+    path.write_text(content)
+    with pytest.raises(AmberError) as refused:
+        image.parse_authorized_keys(path)
+    assert refused.value.code == ExitCode.USAGE and says in refused.value.message
+
+
+def test_authorized_keys_file_missing(tmp_path: Path) -> None:
+    with pytest.raises(AmberError) as refused:
+        image.parse_authorized_keys(tmp_path / "nothing")
+    assert refused.value.code == ExitCode.USAGE
+
+
+def test_ssh_ships_no_host_keys_and_root_logs_in_with_keys_only(tmp_path: Path) -> None:
+    (tmp_path / "etc/ssh").mkdir(parents=True)
+    for name in ("ssh_host_ed25519_key", "ssh_host_ed25519_key.pub", "ssh_host_rsa_key"):
+        (tmp_path / "etc/ssh" / name).write_text("from the cached root filesystem\n")
+    (tmp_path / "etc/ssh/sshd_config").write_text("Include /etc/ssh/sshd_config.d/*.conf\n")
+    image.configure_ssh(tmp_path, f"{PUBLIC_KEY}\n")
+    assert sorted(p.name for p in (tmp_path / "etc/ssh").iterdir()) == [
+        "sshd_config", "sshd_config.d"]
+    assert "PasswordAuthentication no" in (tmp_path / image.SSHD_CONFIG_PATH).read_text()
+    unit = tmp_path / "etc/systemd/system/ssh.service.wants" / image.SSH_HOST_KEYS_UNIT
+    assert os.readlink(unit) == f"/etc/systemd/system/{image.SSH_HOST_KEYS_UNIT}"
+    assert "ssh-keygen -A" in (tmp_path / "etc/systemd/system" /
+                               image.SSH_HOST_KEYS_UNIT).read_text()
+    keys = tmp_path / "root/.ssh/authorized_keys"
+    assert keys.read_text() == f"{PUBLIC_KEY}\n"
+    assert keys.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "root/.ssh").stat().st_mode & 0o777 == 0o700
+
+
+def test_cli_takes_authorized_keys() -> None:
+    from amber.cli import build_parser
+
+    args = build_parser().parse_args(["image", "build", "x.img", "--authorized-keys", "k.pub"])
+    assert args.authorized_keys == Path("k.pub")

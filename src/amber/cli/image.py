@@ -16,7 +16,9 @@ def cmd_image_build(args: argparse.Namespace) -> int:
                            include=image.parse_packages(args.include),
                            kernel_cmdline=args.kernel_cmdline,
                            format=image.ImageFormat(args.format),
-                           health=not args.no_health)
+                           health=not args.no_health,
+                           authorized_keys=(image.parse_authorized_keys(args.authorized_keys)
+                                            if args.authorized_keys else ""))
     built = image.build(args.image, spec, cache_dir=args.cache_dir, amber_deb=args.amber_deb)
     if args.json:
         print_json(built.as_json())
@@ -43,6 +45,9 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
                    help="extra Debian packages to install (repeatable)")
     b.add_argument("--kernel-cmdline", default="", metavar="ARGS",
                    help="extra kernel command-line arguments recorded with the image")
+    b.add_argument("--authorized-keys", type=Path, default=None, metavar="FILE",
+                   help="SSH public keys that may log in as root (root's authorized_keys); "
+                        "without it, root logs in on the console only")
     b.add_argument("--no-health", action="store_true",
                    help="leave trial boots off in the image's amber.conf ([health] enabled)")
     b.add_argument("--cache-dir", type=Path, default=Path("/var/cache/amber/image"),
