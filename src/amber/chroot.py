@@ -266,6 +266,7 @@ def _exec(supervisor: int, program: str, command: Command,
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a stop requested meanwhile: ends here
         if not command.interactive:
             os.setpgid(0, 0)  # its own process group, so that stopping it stops everything
+            _keep_off_the_terminal()
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != supervisor:
             os._exit(128 + signal.SIGKILL)
@@ -277,6 +278,19 @@ def _exec(supervisor: int, program: str, command: Command,
               flush=True)
     finally:
         os._exit(126)
+
+
+def _keep_off_the_terminal() -> None:
+    """A command in a process group of its own is in the background of amber's terminal, if
+    amber has one: reading the terminal would stop it (SIGTTIN), and so would changing its
+    modes (SIGTTOU: apt does, for dpkg's pty), with nothing to ever continue it. So a terminal
+    is no input for it (/dev/null instead; a pipe or a file stays), and it may set the modes
+    of a terminal it writes to. `amber shell` (interactive) keeps the terminal."""
+    if os.isatty(0):
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
 
 
 def _stop(pid: int, interactive: bool) -> int:

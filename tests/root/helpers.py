@@ -19,9 +19,9 @@ USE_LOCAL_APT_REPOSITORY = (
 
 
 def amber(root: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
-          timeout: float = 300) -> subprocess.CompletedProcess[str]:
+          timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([*AMBER, "--root", str(root), *args], capture_output=True, text=True,
-                            env={**os.environ, **(env or {})}, timeout=timeout)
+                            env={**os.environ, **(env or {})}, timeout=timeout, input=input)
     if check and result.returncode != 0:
         raise AssertionError(f"amber {' '.join(args)} exited {result.returncode}:\n"
                              f"{result.stdout}\n{result.stderr}")

@@ -551,3 +551,53 @@ def test_an_unreadable_lock_record_is_reported_and_cleared(handmade: Handmade) -
     result = amber(h.root, "unpin", "1")
     assert "unreadable" in result.stderr and h.record() == ""
     assert h.snapshot(2).is_dir()  # named by no record: left to cleanup's own rules
+
+
+def run_at_a_terminal(argv: list[str], timeout: float = 120) -> tuple[int, bytes]:
+    """argv as a shell runs it at a terminal: a session of its own with a pty as its controlling
+    terminal, in the foreground. Returns its exit code and what it wrote there."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvp(argv[0], argv)
+    output = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 1.0)
+            if ready:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:  # EIO: the other side is closed
+                    break
+                if not data:
+                    break
+                output += data
+        else:
+            os.kill(pid, signal.SIGKILL)
+            raise AssertionError(f"{argv} did not finish within {timeout:.0f} s at a terminal: "
+                                 f"{output.decode(errors='replace')}")
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), output
+    finally:
+        os.close(fd)
+
+
+def test_a_command_at_a_terminal_is_not_stopped_by_it(system: System) -> None:
+    """amber run at a terminal, as an admin types it (or Ansible runs it, over a pty): the
+    command runs in a process group of its own, the terminal's background. Reading a terminal
+    there stops it (SIGTTIN), and so does changing its modes (SIGTTOU; apt does that for dpkg's
+    pty), with nothing to continue it: amber waited forever. A terminal is no input for it
+    (/dev/null; a pipe or a file still is), and it may set the modes."""
+    from tests.root.helpers import AMBER
+
+    script = "read line || echo read-nothing; stty -F /dev/tty sane && echo stty-done"
+    code, output = run_at_a_terminal([*AMBER, "--root", str(system.root), "run", "--",
+                                      "sh", "-c", script])
+    assert code == 0, output
+    assert b"read-nothing" in output and b"stty-done" in output
+    piped = amber(system.root, "run", "--", "sh", "-c", "cat > /etc/from-stdin",
+                  input="piped in\n")
+    assert piped.returncode == 0
+    assert (system.snapshot(3) / "etc/from-stdin").read_text() == "piped in\n"
