@@ -41,6 +41,7 @@ BASE_PACKAGES = (
     "linux-image-amd64", "dracut", "systemd", "systemd-sysv", "udev", "python3",
     "python3-btrfsutil", "btrfs-progs", "rpm", "kmod", "openssl", "zstd",
     "openssh-server",  # fleets are driven over SSH (Ansible); root logs in with a key only
+    "dbus",  # logind: `shutdown -r +5` (Ansible's reboot) schedules through it
 )
 # dracut's configuration is in place before the kernel's postinst builds the first initrd.
 # A generic (not host-only) initrd: it is built in a chroot that knows nothing of the target.
