@@ -5,14 +5,17 @@ pristine image are built once and cached by their inputs."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from amber import layout
+from testing.filelock import locked
 
 CACHE = Path(os.environ.get("AMBER_TEST_CACHE", "/var/tmp/amber-test-cache"))
 SUITE = "bookworm"
@@ -27,10 +30,25 @@ IMAGE_SIZE = "3G"
 REPO = Path(__file__).resolve().parents[1]
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def one_builder(function: Callable[P, R]) -> Callable[P, R]:
+    """The suite may run in lanes (pytest-xdist processes): one of them builds a cached image
+    while the others wait for it, then find it built."""
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with locked(CACHE / f".{function.__name__}.lock"):
+            return function(*args, **kwargs)
+    return wrapper
+
+
 def _key(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
+@one_builder
 def debian_tarball(include: tuple[str, ...] = INCLUDE) -> Path:
     key = _key(SUITE, "apt", *include)
     tarball = CACHE / f"debian-{SUITE}-{key}.tar"
@@ -63,6 +81,7 @@ def new_filesystem(image: Path, uuid: str | None = None) -> Iterator[Path]:
     partial.rename(image)
 
 
+@one_builder
 def pristine_image(include: tuple[str, ...] = INCLUDE) -> Path:
     tarball = debian_tarball(include)
     layout_hash = hashlib.sha256((REPO / "src/amber/layout.py").read_bytes()).hexdigest()
@@ -80,6 +99,7 @@ def pristine_image(include: tuple[str, ...] = INCLUDE) -> Path:
 INSTALLER_RELEASE = "6.1.0-99-amd64"  # a stand-in kernel's files (the root tests boot nothing)
 
 
+@one_builder
 def installer_image() -> Path:
     """A Debian system laid out as Debian's installer lays out btrfs: the root in the subvolume
     @rootfs (with /boot inside, /var and /home plain directories), an fstab naming it, GRUB's
@@ -137,6 +157,7 @@ DEBIAN_ESP_FILES = {
 }
 
 
+@one_builder
 def installer_disk() -> Path:
     """installer_image() on a GPT disk with an ESP holding Debian's boot files, and a BIOS boot
     partition and boot sector holding stand-ins for Debian's core.img and boot.img. Cached."""

@@ -46,7 +46,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 # `AMBER_TEST_LANES=2 tools/test` runs the suite in two lanes (pytest-xdist, --dist loadgroup).
 # Each VM module stays whole in one lane, so its tests share one booted VM; these go to lane "a",
 # every other test (unit, root, the other VM modules) to lane "b", so that the lanes take about
-# as long. testing/images builds its caches without a lock: only lane "b" builds them.
+# as long. The caches of testing/images and testing/vm are built under file locks.
 # Measured one after the other (2 vCPUs): test_health ~15 min, test_livepatch_apply ~7.5,
 # test_menu ~7, the other VM modules ~23 together, unit and root tests ~9.
 LANE_A = frozenset({"test_health", "test_livepatch_apply", "test_menu"})
@@ -57,6 +57,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
-        module = item.path.stem
-        lane = "a" if module in LANE_A else "b"
-        item.add_marker(pytest.mark.xdist_group(lane))
+        vm_module = item.path.parent.name == "vm" and item.path.stem in LANE_A
+        item.add_marker(pytest.mark.xdist_group("a" if vm_module else "b"))

@@ -50,7 +50,7 @@ def build_hello_deb(directory: Path) -> Path:
 def tour(vm: VM, work: Path) -> None:
     banner("Build the test image (cached after the first time)")
     vm.build()
-    banner("Boot it: the harness boots the default snapshot's kernel, with no subvol=")
+    banner("Boot it through firmware (OVMF) and the image's own GRUB, as a machine boots")
     vm.start()
 
     banner("A fresh immutable system: snapshot 1 is booted and is the default; / is read-only")
