@@ -117,6 +117,8 @@ def stage(root: Path, changelog: Changelog) -> None:
     write(doc / "copyright", (PACKAGING / "copyright").read_bytes())
     write(doc / "changelog.gz", gzipped((PACKAGING / "changelog").read_bytes()))
     write(doc / "examples/amber.conf", config_doc.example_conf())
+    write(root / "usr/share/lintian/overrides/amber",
+          (PACKAGING / "lintian-overrides").read_bytes())
     # ---- systemd units (issue 13): the update timer and the FleetLock release ----
     for unit in sorted((SOURCE / "data/systemd").iterdir()):
         if unit.suffix in (".timer", ".service"):

@@ -15,6 +15,13 @@ The boot loader: amber's GRUB on the ESP (and for BIOS), as amber.boot.takeover 
 with a backup of what it replaces in the store; the menu keeps an entry that boots the old root
 with its own kernel and command line ("the system before amber"). `--undo` restores the backup
 and makes the old root the default subvolume again; amber's subvolumes stay.
+
+On the running system the switch is staged: the conversion above happens at once (the running
+system, which is the old root, does not see it), and the first boot of snapshot 1 finishes it
+(`amber init --switch`, from amber-adopt-switch.service, before /var and the others are
+mounted): each shared subvolume is made again from the old root as it was at shutdown, so what
+the old system wrote there after `amber init` is not lost. The copy made by `amber init` is
+then dropped, unless something changed it (it is kept aside then, never deleted).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import contextlib
 import json
 import os
 import shlex
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +44,13 @@ if TYPE_CHECKING:
 
     from amber.boot.takeover import Targets
 
-ADOPTED = ".amber/adopted.json"  # in @/.snapshots: what init did, for --undo
+ADOPTED = ".amber/adopted.json"  # in @/.snapshots: what init did, for --undo and the switch
+SWITCH_UNIT = "amber-adopt-switch.service"
+SWITCH_WANTS = f"systemd/system/local-fs.target.wants/{SWITCH_UNIT}"  # in a snapshot's /etc
+SWITCH_DIR = ".amber/adopt-switch"  # in @/.snapshots: the old root's snapshot, kept copies
+# Suffixes of a shared subvolume's siblings while the switch replaces it (see finish_switch).
+FRESH = ".amber-switch"
+AT_INIT = ".amber-at-init"
 # Room for the metadata of the snapshot and the reflinked copies, beyond what the data uses.
 METADATA_HEADROOM = 256 << 20
 
@@ -177,6 +191,9 @@ def plan_text(found: Found) -> str:
         bios = found.boot.bios
         lines.append(f"  BIOS              amber's GRUB in {bios.device}'s boot sector and BIOS "
                      f"boot partition {bios.partition.number} (their bytes kept for --undo)")
+    if is_running_root(found.root):
+        lines.append("  switch            at the next boot: /var, /home, ... are made again from "
+                     f"{old} as it is then, so nothing written until the reboot is lost")
     lines.append(f"  free space        {found.free >> 20} MiB ({found.needed >> 20} MiB needed)")
     lines += [f"  note              {note}" for note in found.notes]
     return "\n".join(lines)
@@ -293,14 +310,22 @@ def convert(found: Found, top: Path) -> int:
     return 1
 
 
-def adopt(root: Path, esp: Path | None = None, disk: Path | None = None) -> Found:
-    """`amber init --root DIR` (the system mounted at DIR, not running)."""
-    from amber import btrfs
+def is_running_root(root: Path) -> bool:
+    return os.path.realpath(root) == "/"
+
+
+def adopt(root: Path, esp: Path | None = None, disk: Path | None = None,
+          staged: bool | None = None) -> Found:
+    """`amber init --root DIR` (the system mounted at DIR, not running), or `amber init` (the
+    running system: the switch is staged for the first boot of snapshot 1; `staged` says so
+    when not given)."""
+    from amber import btrfs, layout
     from amber.boot import menu, takeover
-    from amber.snapshots import Store
+    from amber.snapshots import SHARED_SUBVOLUMES, Store
     from amber.state import atomic_write
 
     found = inspect(root, esp, disk)
+    staged = is_running_root(root) if staged is None else staged
     todo = takeover.plan(found.boot, found.fs_uuid)  # GRUB built, the ESP read: still no change
     with _top_level(found.device) as top:
         convert(found, top)
@@ -309,9 +334,20 @@ def adopt(root: Path, esp: Path | None = None, disk: Path | None = None) -> Foun
         amber_dir.mkdir(exist_ok=True)
         log.step("keeping what amber's boot loader replaces, for 'amber init --undo'")
         boot = takeover.back_up(store.dir, found.boot, todo)
-        atomic_write(store.dir / ADOPTED, json.dumps({
+        record: dict[str, Any] = {
             "old_root": found.subvolume, "old_root_id": found.subvolume_id,
-            "kept_separate": list(found.separate), "boot": boot}, indent=1) + "\n")
+            "kept_separate": list(found.separate), "boot": boot}
+        if staged:
+            moved = [n for n in SHARED_SUBVOLUMES if n not in found.separate]
+            btrfs.sync(top)
+            record["switch"] = {
+                "state": "pending", "moved": moved, "adopted_at": time.time(),
+                "generations": {n: btrfs.generation(top / layout.CONTAINER / n) for n in moved}}
+            wants = layout.first_snapshot_path(top) / "etc" / SWITCH_WANTS
+            wants.parent.mkdir(parents=True, exist_ok=True)
+            wants.unlink(missing_ok=True)
+            wants.symlink_to(f"/usr/lib/systemd/system/{SWITCH_UNIT}")
+        atomic_write(store.dir / ADOPTED, json.dumps(record, indent=1) + "\n")
         atomic_write(amber_dir / menu.BEFORE_NAME, json.dumps(before_entry(found), indent=1)
                      + "\n")
         menu.install(store)
@@ -326,6 +362,184 @@ def adopt(root: Path, esp: Path | None = None, disk: Path | None = None) -> Foun
                           "the boot code), or boot the old system as before")
             raise
     return found
+
+
+# ---- the switch, at the first boot of snapshot 1 (staged adoption) ---------------------------
+
+@dataclass(frozen=True)
+class Switched:
+    """What `amber init --switch` did."""
+
+    moved: tuple[str, ...]  # shared subvolumes made again from the old root
+    kept: tuple[str, ...]  # copies made by amber init that changed since: kept, not deleted
+    etc_edits: tuple[str, ...]  # files of the old /etc changed after amber init
+    done_before: bool = False  # nothing pending: the switch was done already
+
+    def as_json(self) -> dict[str, Any]:
+        return {"moved": list(self.moved), "kept": list(self.kept),
+                "etc_edits_after_init": list(self.etc_edits), "done_before": self.done_before}
+
+
+def _switch_record(store_dir: Path) -> dict[str, Any] | None:
+    """The pending switch of amber init's record, or None when there is nothing to do."""
+    try:
+        record = json.loads((store_dir / ADOPTED).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        die(f"{store_dir / ADOPTED} is unreadable ({e})", hint="the shared subvolumes stay as "
+            "amber init made them; restore the file to finish the switch",
+            code=ExitCode.NOT_FOUND)
+    switch = record.get("switch") if isinstance(record, dict) else None
+    if not isinstance(switch, dict) or switch.get("state") != "pending" or record.get("undone"):
+        return None
+    return dict(record)
+
+
+def _siblings(current: Path) -> tuple[Path, Path]:
+    return (current.with_name(f".{current.name}{FRESH}"),
+            current.with_name(f".{current.name}{AT_INIT}"))
+
+
+def _copy_tree(source: Path, dest: Path) -> None:
+    if source.is_dir() and not source.is_symlink() and any(source.iterdir()):
+        run(["cp", "-a", "--reflink=auto", f"{source}/.", f"{dest}/"],
+            where=f"while copying {source}", code=ExitCode.STEP_FAILED)
+
+
+def _keep_package_database_links(fresh: Path, current: Path, name: str) -> None:
+    """/var/lib/dpkg and /var/lib/rpm stay links into the snapshot (amber.layout): the old
+    root's databases are the old system's, not snapshot 1's."""
+    from amber.layout import PACKAGE_DATABASES
+
+    for in_var, _ in PACKAGE_DATABASES:
+        top, _, rest = in_var.partition("/")
+        if top != name:
+            continue
+        copied, link = fresh / rest, current / rest
+        if copied.is_dir() and not copied.is_symlink():
+            import shutil
+
+            shutil.rmtree(copied)
+        if link.is_symlink() and not copied.is_symlink():
+            copied.symlink_to(os.readlink(link))
+
+
+def _replace_shared(container: Path, name: str, source: Path, generation: int | None,
+                    kept_dir: Path) -> bool:
+    """@/<name> made again from the old root's /<name>; returns whether amber init's copy was
+    kept aside because it changed since (or cannot be shown not to have: a run interrupted
+    after the swap). Each step can be interrupted: the next run completes it."""
+    from amber import btrfs
+
+    current = container / name
+    fresh, at_init = _siblings(current)
+    unchanged = False
+    if not current.exists() and fresh.exists() and at_init.exists():
+        os.rename(fresh, current)  # interrupted between the two renames below
+    elif at_init.exists():
+        if fresh.exists():
+            btrfs.delete_subvolume(fresh)  # swapped already; a stray unfinished copy
+    else:
+        if fresh.exists():
+            btrfs.delete_subvolume(fresh)  # the unfinished copy of an interrupted run
+        btrfs.create_subvolume(fresh)
+        _copy_tree(source / name, fresh)
+        _keep_package_database_links(fresh, current, name)
+        unchanged = generation is not None and btrfs.generation(current) == generation
+        os.rename(current, at_init)
+        os.rename(fresh, current)
+    btrfs.sync(container)
+    if unchanged:
+        btrfs.delete_subvolume(at_init)
+        return False
+    kept_dir.mkdir(parents=True, exist_ok=True)
+    os.rename(at_init, _free_name(kept_dir / name.replace("/", "-")))
+    return True
+
+
+def _free_name(path: Path) -> Path:
+    n, candidate = 1, path
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}.{n}")
+    return candidate
+
+
+def _etc_edits(old_etc: Path, since: float, limit: int = 20) -> list[str]:
+    """Files of the old /etc changed after `since` (said, not carried over), at most `limit`."""
+    edits: list[str] = []
+    for folder, dirs, files in os.walk(old_etc):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                if os.lstat(path).st_mtime > since:
+                    edits.append("/etc/" + os.path.relpath(path, old_etc))
+                    if len(edits) >= limit:
+                        return edits
+    return edits
+
+
+def finish_switch(root: Path) -> Switched:
+    """`amber init --switch`: the first boot of snapshot 1 after an online `amber init` makes
+    the shared subvolumes again from the old root as it was at shutdown, before they are
+    mounted. Running it again does nothing."""
+    from amber import btrfs, layout
+
+    if os.geteuid() != 0:
+        die("amber init --switch must run as root", hint="it is run at boot by "
+            f"{SWITCH_UNIT}", code=ExitCode.ENVIRONMENT)
+    source_device, fstype, _ = _findmnt(root, "SOURCE", "FSTYPE", "UUID")
+    if fstype != "btrfs":
+        die(f"the root is {fstype or 'unknown'}, not btrfs: nothing to switch",
+            hint="amber init adopts btrfs systems only", code=ExitCode.NOT_FOUND)
+    with _top_level(source_device) as top:
+        store_dir = top / layout.CONTAINER / ".snapshots"
+        record = _switch_record(store_dir)
+        if record is None:
+            _disable_switch_unit(root)
+            return Switched((), (), (), done_before=True)
+        switch = record["switch"]
+        old_id = int(record["old_root_id"])
+        try:
+            old_path = btrfs.subvolume_path(top, old_id) if old_id != 5 else ""
+        except AmberError:
+            die(f"the old root subvolume (id {old_id}) is gone: /var, /home, ... stay as "
+                "amber init copied them", hint="nothing was changed", code=ExitCode.NOT_FOUND)
+        old_root = top / old_path if old_path else top
+        work = store_dir / SWITCH_DIR
+        work.mkdir(parents=True, exist_ok=True)
+        source = work / "old-root"
+        if source.exists():
+            btrfs.delete_subvolume(source)  # left by an interrupted run: ours, unfinished
+        # Read-only: copying out of it changes nothing in the old root (not even atimes).
+        btrfs.create_snapshot(old_root, source, read_only=True)
+        moved, kept = [], []
+        generations = switch.get("generations") or {}
+        for name in switch.get("moved") or []:
+            if name not in layout.SHARED_SUBVOLUMES:
+                continue
+            log.step(f"/{name}: made again from the old root as it was at shutdown")
+            if _replace_shared(top / layout.CONTAINER, name, source, generations.get(name),
+                               work / "kept"):
+                kept.append(name)
+            moved.append(name)
+        edits = _etc_edits(source / "etc", float(switch.get("adopted_at") or 0))
+        btrfs.delete_subvolume(source)
+        record["switch"] = {**switch, "state": "done", "done_at": time.time(),
+                            "kept": kept}
+        from amber.state import atomic_write
+
+        atomic_write(store_dir / ADOPTED, json.dumps(record, indent=1) + "\n")
+        btrfs.sync(top)
+    _disable_switch_unit(root)
+    return Switched(tuple(moved), tuple(kept), tuple(edits))
+
+
+def _disable_switch_unit(root: Path) -> None:
+    with contextlib.suppress(OSError):
+        (root / "etc" / SWITCH_WANTS).unlink(missing_ok=True)
 
 
 def _record(store_dir: Path) -> dict[str, Any]:

@@ -344,3 +344,70 @@ def test_refusals_change_nothing(disk: Disk, tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr
     finally:
         subprocess.run(["umount", str(where)], check=True)
+
+
+def test_a_staged_adoption_carries_what_the_old_system_wrote_until_the_reboot(
+        disk: Disk, tmp_path: Path) -> None:
+    """`amber init` on the running system stages the switch: what the old system writes to
+    /var and /home until the reboot (here: written into @rootfs after init) is what the first
+    boot of snapshot 1 finds, by `amber init --switch`, which amber-adopt-switch.service runs
+    there before the shared subvolumes are mounted."""
+    from amber import adopt
+
+    mount(disk, "subvol=@rootfs")
+    old = disk.mnt
+    adopt.adopt(old, disk=disk.whole, staged=True)
+    # The old system goes on running and writing, then shuts down.
+    (old / "var/lib/amber-adopt-test/after-init.txt").write_text("written after init\n")
+    (old / "home/alice/notes.txt").write_text("alice's notes, edited after init\n")
+    (old / "var/lib/amber-adopt-test/data.bin").unlink()
+    (old / "etc/motd").write_text("edited after init\n")
+    umount(disk)
+
+    # The first boot of snapshot 1, before /var and the others are mounted: / read-only, its
+    # /etc read-write (the initrd mounts it).
+    new = tmp_path / "new"
+    new.mkdir()
+    subprocess.run(["mount", "-o", "ro", str(disk.device), str(new)], check=True)
+    subprocess.run(["mount", "-o", "rw,subvol=@/.snapshots/1/snapshot/etc", str(disk.device),
+                    str(new / "etc")], check=True)
+    wants = new / "etc" / adopt.SWITCH_WANTS
+    try:
+        assert wants.is_symlink()
+        # An interrupted earlier run left an unfinished copy: it is replaced, not trusted.
+        mount(disk, "subvolid=5")
+        btrfs.create_subvolume(disk.mnt / "@/.var.amber-switch")
+        (disk.mnt / "@/.var.amber-switch/stray").write_text("unfinished\n")
+        umount(disk)
+        switched = adopt.finish_switch(new)
+        assert switched.moved == ("var", "home", "root", "opt", "srv", "usr/local")
+        assert switched.kept == () and switched.etc_edits == ("/etc/motd",)
+        assert not wants.exists()
+        assert adopt.finish_switch(new).done_before  # again: nothing to do
+    finally:
+        subprocess.run(["umount", "-R", str(new)], check=True)
+
+    mounts = rootfs.mount_root(disk.device, disk.mnt)
+    try:
+        root = disk.mnt
+        data = root / "var/lib/amber-adopt-test"
+        assert (data / "after-init.txt").read_text() == "written after init\n"
+        assert not (data / "data.bin").exists() and not (root / "var/stray").exists()
+        assert (root / "home/alice/notes.txt").read_text() == "alice's notes, edited after init\n"
+        assert (root / "var/lib/dpkg").is_symlink()  # still the snapshot's database
+        assert (root / "etc/motd").read_text() != "edited after init\n"
+        record = json.loads((root / ".snapshots/.amber/adopted.json").read_text())
+        assert record["switch"]["state"] == "done"
+        names = set(btrfs.subvolumes_below(root / ".snapshots").keys())
+        assert not [n for n in names if "amber-" in n or "old-root" in n], names
+        amber(root, "run", "--", "touch", "/etc/adopted")  # a transaction works
+    finally:
+        rootfs.unmount_all(mounts)
+    mount(disk, "subvolid=5")
+    try:
+        leftovers = [p.name for p in (disk.mnt / "@").iterdir() if "amber-" in p.name]
+        assert leftovers == []
+        # The old root, as the old system left it.
+        assert (disk.mnt / "@rootfs/var/lib/amber-adopt-test/after-init.txt").exists()
+    finally:
+        umount(disk)

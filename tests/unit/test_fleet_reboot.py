@@ -113,7 +113,8 @@ def test_units_enabled_as_amber_conf_asks(tmp_path: Path) -> None:
     assert "OnCalendar=\nOnCalendar=Mon..Fri 03:00\n" in (tmp_path / units.SCHEDULE_DROP_IN
                                                          ).read_text()
     shipped = Path(__file__).resolve().parents[2] / "src/amber/data/systemd"
-    assert {p.name for p in shipped.iterdir()} == {"amber-update.timer", "amber-update.service"}
+    assert {p.name for p in shipped.iterdir()} == {"amber-update.timer", "amber-update.service",
+                                                 "amber-adopt-switch.service"}
     release = tmp_path / "etc/systemd/system" / units.RELEASE
     assert "ExecStart=/usr/bin/amber reboot --steady-state" in release.read_text()
     assert (tmp_path / "etc/systemd/system/multi-user.target.wants" / units.RELEASE).resolve(

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from amber import log
 from amber.cli.common import common
 
+if TYPE_CHECKING:
+    from amber import adopt
+
 
 def cmd_init(args: argparse.Namespace) -> int:
     from amber import adopt
-    from amber.errors import ExitCode, die
 
     if args.undo:
         old = adopt.undo(args.root, args.esp, args.disk)
@@ -22,10 +25,13 @@ def cmd_init(args: argparse.Namespace) -> int:
                      "amber's snapshots and shared subvolumes are still there (delete @ to free "
                      "them)")
         return 0
-    if str(args.root) == "/" and not args.check:
-        die("amber init adopts a system mounted elsewhere, not the running one (yet)",
-            hint="boot a rescue system, mount the root subvolume at DIR (and its ESP at "
-                 "DIR/boot/efi), then 'amber init --root DIR'", code=ExitCode.REFUSED)
+    if args.switch:
+        switched = adopt.finish_switch(args.root)
+        if args.json:
+            log.print_json(switched.as_json())
+        else:
+            print(switch_text(switched))
+        return 0
     if args.check:
         found = adopt.inspect(args.root, args.esp, args.disk)
     else:
@@ -35,9 +41,31 @@ def cmd_init(args: argparse.Namespace) -> int:
     else:
         print(adopt.plan_text(found))
         if not args.check:
-            log.info("done: the next boot starts snapshot 1 (read-only); "
-                     "'amber init --undo' goes back")
+            log.info(done_text(adopt.is_running_root(args.root)))
     return 0
+
+
+def done_text(staged: bool) -> str:
+    text = ("done: the next boot starts snapshot 1 (read-only); 'amber init --undo' goes back")
+    if staged:
+        text += ("\n  until that reboot this system runs as before; what it writes to /var, "
+                 "/home, /root, /opt, /srv and /usr/local goes over at the reboot, edits to "
+                 "/etc do not (make them after it)")
+    return text
+
+
+def switch_text(switched: adopt.Switched) -> str:
+    if switched.done_before:
+        return "amber init --switch: nothing to do (no adoption waits for its first boot)"
+    lines = ["amber init --switch: made again from the old root as it was at shutdown: "
+             + (", ".join(f"/{n}" for n in switched.moved) or "nothing")]
+    if switched.kept:
+        lines.append("  amber init's copies of " + ", ".join(f"/{n}" for n in switched.kept)
+                     + " changed since: kept in /.snapshots/" + adopt.SWITCH_DIR + "/kept")
+    if switched.etc_edits:
+        lines.append("  /etc was edited in the old system after amber init (not carried over; "
+                     "it is still in the old root): " + ", ".join(switched.etc_edits))
+    return "\n".join(lines)
 
 
 def add_init(p: argparse.ArgumentParser) -> None:
@@ -46,6 +74,9 @@ def add_init(p: argparse.ArgumentParser) -> None:
     what.add_argument("--check", action="store_true",
                       help="say what it would do, and refuse what cannot be done safely; "
                            "change nothing")
+    what.add_argument("--switch", action="store_true",
+                      help="(run at the first boot by amber-adopt-switch.service) make /var, "
+                           "/home, ... again from the old root as it was at shutdown")
     what.add_argument("--undo", action="store_true",
                       help="make the system from before amber the default again, and put its "
                            "boot loader back")
