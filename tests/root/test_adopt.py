@@ -379,9 +379,9 @@ def test_a_staged_adoption_carries_what_the_old_system_wrote_until_the_reboot(
         btrfs.create_subvolume(disk.mnt / "@/.var.amber-switch")
         (disk.mnt / "@/.var.amber-switch/stray").write_text("unfinished\n")
         umount(disk)
-        switched = adopt.finish_switch(new)
-        assert switched.moved == ("var", "home", "root", "opt", "srv", "usr/local")
-        assert switched.kept == () and switched.etc_edits == ("/etc/motd",)
+        switched = amber_json(new, "init", "--switch")
+        assert switched["moved"] == ["var", "home", "root", "opt", "srv", "usr/local"]
+        assert switched["kept"] == [] and switched["etc_edits_after_init"] == ["/etc/motd"]
         assert not wants.exists()
         assert adopt.finish_switch(new).done_before  # again: nothing to do
     finally:
