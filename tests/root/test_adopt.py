@@ -378,10 +378,12 @@ def test_a_staged_adoption_carries_what_the_old_system_wrote_until_the_reboot(
         mount(disk, "subvolid=5")
         btrfs.create_subvolume(disk.mnt / "@/.var.amber-switch")
         (disk.mnt / "@/.var.amber-switch/stray").write_text("unfinished\n")
+        # Someone wrote to amber init's copy of /srv: it is kept aside, not deleted.
+        (disk.mnt / "@/srv/written-to-the-copy").write_text("keep me\n")
         umount(disk)
         switched = amber_json(new, "init", "--switch")
         assert switched["moved"] == ["var", "home", "root", "opt", "srv", "usr/local"]
-        assert switched["kept"] == [] and switched["etc_edits_after_init"] == ["/etc/motd"]
+        assert switched["kept"] == ["srv"] and switched["etc_edits_after_init"] == ["/etc/motd"]
         assert not wants.exists()
         assert adopt.finish_switch(new).done_before  # again: nothing to do
     finally:
@@ -400,6 +402,9 @@ def test_a_staged_adoption_carries_what_the_old_system_wrote_until_the_reboot(
         assert record["switch"]["state"] == "done"
         names = set(btrfs.subvolumes_below(root / ".snapshots").keys())
         assert not [n for n in names if "amber-" in n or "old-root" in n], names
+        kept = root / ".snapshots/.amber/adopt-switch/kept/srv/written-to-the-copy"
+        assert kept.read_text() == "keep me\n"
+        assert not (root / "srv/written-to-the-copy").exists()
         amber(root, "run", "--", "touch", "/etc/adopted")  # a transaction works
     finally:
         rootfs.unmount_all(mounts)
