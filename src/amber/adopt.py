@@ -248,8 +248,10 @@ def _grub_words(root: Path) -> list[str]:
 
 def kernel_cmdline(snapshot: Path, fs_uuid: str) -> str:
     """From the old GRUB's settings (/etc/default/grub), the root made amber's."""
-    return " ".join(["root=UUID=" + fs_uuid, "rootfstype=btrfs", "ro", *_grub_words(snapshot),
-                     "panic=5"])
+    words = _grub_words(snapshot)
+    # panic=: a panicked trial boot reboots into the fallback (unless the admin set it).
+    panic = [] if any(w.startswith("panic=") for w in words) else ["panic=5"]
+    return " ".join(["root=UUID=" + fs_uuid, "rootfstype=btrfs", "ro", *words, *panic])
 
 
 def before_entry(found: Found) -> dict[str, str]:

@@ -110,3 +110,24 @@ def test_an_initrd_that_cannot_be_read_is_a_note(tmp_path: Path) -> None:
     (tmp_path / "boot/initrd.img-6.1.0-test").write_text("not an initrd\n")
     notes = adopt.check_etc_hook(tmp_path, "6.1.0-test")
     assert len(notes) == 1 and "update-initramfs -u" in notes[0]
+
+
+def test_without_mtools_init_says_what_to_install(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before it reads any ESP (the disk's is read with mtools even when one is mounted)."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(AmberError) as caught:
+        takeover.find(tmp_path, "/dev/nonexistent", "c0ffee00-0000-4000-8000-00000000ad09")
+    assert caught.value.code == ExitCode.ENVIRONMENT
+    assert "mtools" in str(caught.value) and "minfo" in str(caught.value)
+    assert "apt-get install --no-install-recommends mtools" in (caught.value.hint or "")
+
+
+def test_the_command_line_sets_panic_once(tmp_path: Path) -> None:
+    (tmp_path / "etc/default").mkdir(parents=True)
+    grub = tmp_path / "etc/default/grub"
+    grub.write_text('GRUB_CMDLINE_LINUX="console=ttyS0 panic=10"\n')
+    assert adopt.kernel_cmdline(tmp_path, "u").split().count("panic=10") == 1
+    assert "panic=5" not in adopt.kernel_cmdline(tmp_path, "u")
+    grub.write_text('GRUB_CMDLINE_LINUX="console=ttyS0"\n')
+    assert adopt.kernel_cmdline(tmp_path, "u").endswith("console=ttyS0 panic=5")

@@ -162,6 +162,7 @@ REQUIREMENTS = (
     Requirement("mkfs.vfat", "dosfstools"),
     Requirement("mmd", "mtools"),
     Requirement("mcopy", "mtools"),
+    Requirement("minfo", "mtools"),
     Requirement("grub-mkimage", "grub-common"),
     Requirement("x86_64-efi/kernel.img", "grub-efi-amd64-bin", is_file=True),
     Requirement("x86_64-efi/btrfs.mod", "grub-efi-amd64-bin", is_file=True),

@@ -83,6 +83,11 @@ def find(root: Path, device: str, fs_uuid: str, esp_device: Path | None = None,
          disk_device: Path | None = None) -> Targets:
     """Where amber's GRUB goes: the ESP (mounted at root/boot/efi, named with --esp, or found
     in the disk's GPT) and the BIOS boot partition; refused where there is no ESP."""
+    # The ESP of the disk's GPT is read with mtools even when another one is mounted.
+    if missing := disk.missing_packages([r for r in disk.REQUIREMENTS if r.package == "mtools"]):
+        die(f"amber init reads and writes EFI system partitions with mtools: "
+            f"{', '.join(r.what for r in missing)} missing",
+            hint="apt-get install --no-install-recommends mtools", code=ExitCode.ENVIRONMENT)
     whole = disk_device or parent_disk(device)
     table = gpt.read(whole) if whole is not None else None
     notes = []
