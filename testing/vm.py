@@ -352,9 +352,10 @@ class VM:
         """Every boot since start, oldest first."""
         return [Boot(b["boot_id"], b["seconds"]) for b in self._load().get("boots", [])]
 
-    def start(self, firmware: Firmware = Firmware.UEFI) -> float:
-        """Boot a fresh copy of the test image; returns the seconds until the agent answered."""
-        image = self.build()
+    def start(self, firmware: Firmware = Firmware.UEFI, image: Path | None = None) -> float:
+        """Boot a fresh copy of the test image, or of `image` (a disk made from it, such as
+        testing/installer_vm.py's); returns the seconds until the agent answered."""
+        image = image if image is not None else self.build()
         self.kill()
         self.state.mkdir(parents=True, exist_ok=True)
         step("Copying the test image")
