@@ -11,9 +11,7 @@ configuration dracut would read into the "initrd" file, so the tests see what am
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from amber import btrfs
-from amber.boot import initrd
+from amber.boot import initrd_overlay
 from amber.livepatch import apply, early, view
 from amber.livepatch import kernel as kernel_side
 from amber.log import AmberError, ExitCode
@@ -292,10 +290,16 @@ def test_initramfs_tools_loads_the_patch_from_its_initrd(initramfs_tools_system:
     system = initramfs_tools_system
     prepare(system, kit, dracut=False)
     deb = build_livepatch_deb(tmp_path, kit.release, kit.v1, "1")
+    assert not (system.snapshot(2) / "boot" / f"initrd.img-{kit.release}").exists()
     outcome = apply.apply(system.root, [str(deb)], paths=kernel.paths, syscalls=kernel)
-    assert (outcome.snapshot, outcome.loaded) == (3, True)
+    # No initrd yet to append to: update-initramfs makes one, with the patch.
+    assert (outcome.snapshot, outcome.loaded, outcome.initrd) == (3, True, "regenerated")
     snapshot = system.snapshot(3)
     assert early.initrd_patches(snapshot) == ["amber_lp_v1"]
+    base_initrd = (snapshot / "boot" / f"initrd.img-{kit.release}").read_bytes()
+    assert initrd_overlay.MARKER.encode() not in base_initrd
+    assert "livepatch/amber_lp_v1.ko" in modprobe_in_initrd(snapshot, kit.release,
+                                                              "amber_lp_v1", tmp_path)
     assert initramfs_files(snapshot, kit.release)["conf/modules"].count("amber_lp_v1") == 1
     assert any(p.endswith("livepatch/amber_lp_v1.ko") for p in initramfs_files(
         snapshot, kit.release))
@@ -303,35 +307,60 @@ def test_initramfs_tools_loads_the_patch_from_its_initrd(initramfs_tools_system:
     assert [(p.name, p.next_boot, p.in_initrd) for p in seen] == [("amber_lp_v1", True, True)]
 
     outcome = apply.apply(system.root, [str(kit.v2)], paths=kernel.paths, syscalls=kernel)
-    assert (outcome.snapshot, outcome.replaced) == (4, ("amber_lp_v1",))
+    assert (outcome.snapshot, outcome.replaced, outcome.initrd) == (4, ("amber_lp_v1",),
+                                                                    "appended")
+    # Appended: the initrd before, then the overlay; modprobe with the initrd's own indexes
+    # finds the patch, and its init loads it (conf/modules).
+    image = (system.snapshot(4) / "boot" / f"initrd.img-{kit.release}").read_bytes()
+    assert image.startswith(base_initrd) and len(image) - len(base_initrd) < 1 << 20
+    assert "livepatch/amber_lp_v2.ko" in modprobe_in_initrd(system.snapshot(4), kit.release,
+                                                              "amber_lp_v2", tmp_path)
     files = initramfs_files(system.snapshot(4), kit.release)
     assert "amber_lp_v2" in files["conf/modules"] and "amber_lp_v1" not in files["conf/modules"]
-    assert [p for p in files if p.endswith(".ko") and "amber_lp" in p] == [
-        f"usr/lib/modules/{kit.release}/livepatch/amber_lp_v2.ko"]
+    # v1's module is still in the base archive, but nothing loads it and no index names it.
+    assert "amber_lp_v1" not in modprobe_in_initrd(system.snapshot(4), kit.release,
+                                                   "amber_lp_v2", tmp_path)
+    assert f"usr/lib/modules/{kit.release}/livepatch/amber_lp_v2.ko" in files
+    modules_dep = files[f"usr/lib/modules/{kit.release}/modules.dep"]
+    assert "livepatch/amber_lp_v2.ko:" in modules_dep and "amber_lp_v1" not in modules_dep
+
+    # A cumulative replacement replaces the overlay: still one, on the same base.
+    outcome = apply.apply(system.root, [str(kit.v1)], paths=kernel.paths, syscalls=kernel)
+    assert (outcome.snapshot, outcome.initrd) == (5, "appended")
+    image = (system.snapshot(5) / "boot" / f"initrd.img-{kit.release}").read_bytes()
+    assert image.startswith(base_initrd) and image.count(initrd_overlay.MARKER.encode()) == 1
+    assert "amber_lp_v1" in initramfs_files(system.snapshot(5), kit.release)["conf/modules"]
     # The older snapshot's initrd is untouched: rollback boots v1 again.
     assert "amber_lp_v1" in initramfs_files(snapshot, kit.release)["conf/modules"]
 
 
 def initramfs_files(snapshot: Path, release: str) -> dict[str, str]:
-    """The initrd's main archive unpacked (path → text of the small files, "" for the rest)."""
-    image = snapshot / "boot" / f"initrd.img-{release}"
-    data = image.read_bytes()
-    offset = initrd.main_archive_offset(data)
-    command = next(c for magic, c in initrd.DECOMPRESSORS.items()
-                   if data[offset:offset + len(magic)] == magic)
-    out = Path(tempfile.mkdtemp(prefix="amber-initrd-"))
-    try:
-        subprocess.run(["sh", "-c", f'tail -c +{offset + 1} "$1" | {command} | '
-                        "cpio -id --quiet --no-absolute-filenames", "sh", str(image)],
-                       cwd=out, check=True, capture_output=True)
-        files = {}
-        for path in out.rglob("*"):
-            if path.is_file() and not path.is_symlink():
-                text = path.read_text(errors="replace") if path.stat().st_size < 65536 else ""
-                files[str(path.relative_to(out))] = text
-        return files
-    finally:
-        shutil.rmtree(out)
+    """The initrd's files as the kernel leaves them unpacked, amber's overlay included (path →
+    text of the small files, "" for the rest)."""
+    members = initrd_overlay.all_members(snapshot / "boot" / f"initrd.img-{release}")
+    files = {m.name: m.data.decode(errors="replace") if len(m.data) < 65536 else ""
+             for m in members if m.is_file}
+    return files
+
+
+def modprobe_in_initrd(snapshot: Path, release: str, name: str, tmp_path: Path) -> str:
+    """What modprobe inside the unpacked initrd would load for `name` (its own indexes)."""
+    import stat as st
+
+    root = tmp_path / f"initrd-{snapshot.parent.name}"
+    for member in initrd_overlay.all_members(snapshot / "boot" / f"initrd.img-{release}"):
+        path = root / member.name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if st.S_ISLNK(member.mode):
+            path.unlink(missing_ok=True)
+            path.symlink_to(member.data.decode())
+        elif member.is_file:
+            path.unlink(missing_ok=True)
+            path.write_bytes(member.data)
+        else:
+            path.mkdir(exist_ok=True)
+    return subprocess.run(["modprobe", "--dry-run", "--verbose", "-d", str(root), "-S", release,
+                           name], check=True, capture_output=True, text=True).stdout
 
 
 HEALTH_CHECK = ("mkdir -p /etc/amber/health.d && printf '#!/bin/sh\\n"

@@ -137,7 +137,8 @@ def test_apply_reboot_replace_rollback(story_vm: VM, files: dict[str, str]) -> N
 
     # Apply the .rpm: changed behaviour at once, no reboot needed.
     outcome = apply(vm, files["v1.rpm"])
-    assert (outcome["snapshot"], outcome["active"]) == (2, True)
+    # The patch is appended to the initrd (amber.boot.initrd_overlay), not regenerated.
+    assert (outcome["snapshot"], outcome["active"], outcome["initrd"]) == (2, True, "appended")
     assert cmdline(vm) == f"{original} {MARKER}v1"  # same boot: the whole line is comparable
     status = amber_status(vm)
     assert (status["booted"], status["default"], status["reboot_needed"]) == (1, 2, False)
@@ -147,7 +148,8 @@ def test_apply_reboot_replace_rollback(story_vm: VM, files: dict[str, str]) -> N
         ("amber_lp_v1", True, True, True)]
     assert "rd.driver.pre=amber_lp_v1" in initrd_force_drivers(vm, 2, release)
 
-    # Reboot: still patched, and loaded inside the initrd, before the real root's systemd.
+    # Reboot: still patched, loaded from the appended part inside the initrd, before the real
+    # root's systemd.
     vm.reboot()
     assert patched_with(vm) == "v1"
     assert amber_status(vm)["booted"] == 2
@@ -162,6 +164,7 @@ def test_apply_reboot_replace_rollback(story_vm: VM, files: dict[str, str]) -> N
     # v2 as a .deb: v1 replaced in the kernel and unloaded; the new initrd loads only v2.
     outcome = apply(vm, files["v2.deb"])
     assert outcome["snapshot"] == 3 and outcome["replaced"] == ["amber_lp_v1"]
+    assert outcome["initrd"] == "appended"  # in place of v1's overlay, not on top of it
     assert patched_with(vm) == "v2"
     assert not loaded(vm, "amber_lp_v1")
     listing = json.loads(vm.exec(["amber", "livepatch", "list", "--json"]).out)
@@ -200,13 +203,15 @@ def test_apply_reboot_replace_rollback(story_vm: VM, files: dict[str, str]) -> N
 
 
 def test_power_cut_during_apply(story_vm: VM, files: dict[str, str]) -> None:
-    """Cut the power while the transaction runs (dracut takes minutes here): the next boot is
-    the old system, whole; the unfinished snapshot is removed by the next amber command."""
+    """Cut the power while the transaction runs (with --rebuild-initrd: dracut takes minutes
+    here): the next boot is the old system, whole; the unfinished snapshot is removed by the
+    next amber command."""
     vm = story_vm
     before = snapshots(vm)
     default = amber_status(vm)["default"]
     patched = patched_with(vm)  # None after the story above; what the default's initrd loads
-    vm.exec(["sh", "-c", f"amber livepatch apply {files['v3.rpm']} >/var/log/apply.log 2>&1 &"])
+    vm.exec(["sh", "-c", f"amber livepatch apply --rebuild-initrd {files['v3.rpm']} "
+                     ">/var/log/apply.log 2>&1 &"])
     deadline = time.monotonic() + 300
     while "regenerating the initrd" not in vm.exec(["cat", "/var/log/apply.log"]).out:
         assert time.monotonic() < deadline, vm.exec(["cat", "/var/log/apply.log"]).out

@@ -93,9 +93,15 @@ def _newc_names(data: bytes, offset: int) -> tuple[list[str], int] | None:
 def list_initrd(image: Path) -> str | None:
     """The initrd's file list, one name a line: every uncompressed archive at its start (the
     kernel unpacks them all, later files overriding earlier ones), then the compressed main
-    archive, if any. Not lsinitrd: that is ten times slower, as it also reads every file's
-    metadata."""
+    archive, if any, then amber's overlay (amber.boot.initrd_overlay), if any. Not lsinitrd:
+    that is ten times slower, as it also reads every file's metadata."""
+    from amber.boot import initrd_overlay
+
     data = image.read_bytes()
+    end, overlay = initrd_overlay.split_overlay(data)
+    in_overlay = "".join(f"{member.name}\n" for member in (overlay or [])[1:])
+    if end < len(data):
+        data = data[:end]
     names: list[str] = []
     offset = 0
     while data[offset:offset + 6] == b"070701":
@@ -108,11 +114,11 @@ def list_initrd(image: Path) -> str | None:
             offset += 1
     listed = "".join(f"{name}\n" for name in names)
     if offset >= len(data):
-        return listed
+        return listed + in_overlay
     command = next((c for magic, c in DECOMPRESSORS.items()
                     if data[offset:offset + len(magic)] == magic), None)
     if command is None or not shutil.which(command.split()[0]) or not shutil.which("cpio"):
         return None
-    result = run(["sh", "-c", f'tail -c +{offset + 1} "$1" | {command} | cpio -t --quiet',
-                  "sh", image], capture=True, check=False)
-    return listed + result.stdout if result.returncode == 0 else None
+    result = run(["sh", "-c", f'tail -c +{offset + 1} "$1" | head -c {end - offset} | '
+                  f'{command} | cpio -t --quiet', "sh", image], capture=True, check=False)
+    return listed + result.stdout + in_overlay if result.returncode == 0 else None

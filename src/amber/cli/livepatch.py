@@ -250,7 +250,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                                                     "a snapshot for --base").text
     outcome = apply.apply(args.root, args.sources, mode=mode, keep=args.keep,
                           timeout=args.timeout, base=base, wait=args.wait,
-                          health=not args.no_health)
+                          health=not args.no_health, rebuild_initrd=args.rebuild_initrd)
     if args.json:
         log.print_json(outcome.as_json())
     return 0
@@ -366,6 +366,9 @@ def add_parser(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> N
     v.add_argument("--base", default=None, metavar="N|booted|default",
                    help="the snapshot to start from (default: the next boot's, so that a "
                         "pending update is kept)")
+    v.add_argument("--rebuild-initrd", action="store_true",
+                   help="regenerate the snapshot's initrd in full instead of appending the "
+                        "patch to it (done anyway where the initrd cannot take it)")
     _timeout_option(v)
     v.set_defaults(handler=cmd_apply)
 

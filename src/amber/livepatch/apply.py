@@ -130,7 +130,8 @@ def make_plan(root: Path, arguments: Sequence[str], mode: Mode, base: str | None
 # ---- the transaction ----------------------------------------------------------------------
 
 
-def install_steps(plan: Plan, timings: dict[str, float]) -> transaction.Steps:
+def install_steps(plan: Plan, timings: dict[str, float], how: dict[str, str],
+                  rebuild_initrd: bool = False) -> transaction.Steps:
     release = plan.next_release or plan.running
     name = plan.module.name
 
@@ -151,17 +152,48 @@ def install_steps(plan: Plan, timings: dict[str, float]) -> transaction.Steps:
         install_sources(chroot, plan, release)
         log.step(f"depmod {release}")
         chroot.run(["depmod", "-a", release], step="depmod")
-        configure_initrd(snapshot, generator, name, list(previous))
         timings["transaction"] = time.monotonic() - started
         started = time.monotonic()
-        for argv in initrd.commands(snapshot, [release]):
-            log.step(f"regenerating the initrd: {' '.join(argv)}")
-            chroot.run(argv, step="initrd regeneration")
+        how["initrd"] = put_in_initrd(chroot, generator, release, name, list(previous),
+                                      rebuild_initrd)
         timings["initrd"] = time.monotonic() - started
         chroot.store.update(chroot.number, {LIVEPATCH_KEY: name, LIVEPATCH_RELEASE_KEY: release,
                                             LIVEPATCH_ONLY_KEY: "yes"})
 
     return steps
+
+
+def put_in_initrd(chroot: transaction.WorkingSnapshot, generator: str, release: str, name: str,
+                  previous: Sequence[str], rebuild: bool = False) -> str:
+    """Make the snapshot's initrd of `release` load live patch `name` early, in place of the
+    `previous` ones: the generator's configuration says so (kept by every later regeneration),
+    and the initrd gets the module by an appended overlay (seconds), or, with `rebuild` or
+    where it cannot take one, is regenerated in full. Returns "appended" or "regenerated"."""
+    from amber.boot import initrd_overlay
+    from amber.livepatch.early import initrd_patches
+
+    snapshot = chroot.path
+    old = sorted({*previous, *initrd_patches(snapshot)} - {name})
+    configure_initrd(snapshot, generator, name, old)
+    image = initrd.initrd_path(snapshot, release)
+    if not rebuild:
+        module = installed_patches(snapshot, release).get(name)
+        try:
+            if module is None:
+                raise initrd_overlay.CannotAppend(f"the snapshot has no module {name}")
+            if not image.is_file():
+                raise initrd_overlay.CannotAppend("there is none yet")
+            size = initrd_overlay.add_livepatch(image, generator, release, module, name, old)
+            log.step(f"appended {name} to the initrd /{image.relative_to(snapshot)} "
+                     f"({size >> 10} KiB, no regeneration)")
+            return "appended"
+        except initrd_overlay.CannotAppend as e:
+            log.warn(f"the initrd /{image.relative_to(snapshot)} cannot take the live patch "
+                     f"appended: {e}", hint="it is regenerated in full instead")
+    for argv in initrd.commands(snapshot, [release]):
+        log.step(f"regenerating the initrd: {' '.join(argv)}")
+        chroot.run(argv, step="initrd regeneration")
+    return "regenerated"
 
 
 def install_sources(chroot: transaction.WorkingSnapshot, plan: Plan, release: str) -> None:
@@ -196,12 +228,13 @@ class Outcome:
     kept_after_failure: bool = False
     timings: dict[str, float] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    initrd: str | None = None  # "appended" or "regenerated"; None: no snapshot was made
 
     def as_json(self) -> dict[str, Any]:
         return {"livepatch": self.name, "mode": self.mode, "snapshot": self.snapshot,
                 "base": self.base, "default": self.snapshot, "active": self.loaded,
                 "replaced": list(self.replaced), "timings": self.timings,
-                "warnings": list(self.warnings)}
+                "initrd": self.initrd, "warnings": list(self.warnings)}
 
 
 def waiting(timeout: float | None, settings: config.LivepatchConfig) -> kernel.Waiting:
@@ -224,11 +257,12 @@ def workspace() -> Iterator[Path]:
 def apply(root: Path, arguments: Sequence[str], *, mode: Mode = Mode.NOW, keep: bool = False,
           timeout: float | None = None, base: str | None = None, wait: bool = False,
           health: bool = True, paths: kernel.KernelPaths | None = None,
-          syscalls: kernel.Syscalls | None = None) -> Outcome:
+          syscalls: kernel.Syscalls | None = None, rebuild_initrd: bool = False) -> Outcome:
     paths = paths or kernel.KernelPaths.from_environment()
     syscalls = syscalls or kernel.LinuxSyscalls()
     settings = config.load(root).livepatch
     timings: dict[str, float] = {}
+    how: dict[str, str] = {}
     with workspace() as work:
         started = time.monotonic()
         log.step("Checking the live patch (preflight)")
@@ -250,14 +284,14 @@ def apply(root: Path, arguments: Sequence[str], *, mode: Mode = Mode.NOW, keep: 
         state_before = transaction.read_state(store)
         default_before = store.default()
         options = transaction.Options(root=root, base=plan.base, wait=wait)
-        result = transaction.execute(options, install_steps(plan, timings),
+        result = transaction.execute(options, install_steps(plan, timings, how, rebuild_initrd),
                                      f"amber livepatch apply {name}")
         assert result.number is not None
         if mode == Mode.NEXT_BOOT:
             log.info(f"live patch {name} is installed in snapshot {result.number}, the default "
                      "for the next boot; it is not loaded now")
             return Outcome(name, mode, result.number, result.base, False, (), timings=timings,
-                           warnings=plan.warnings)
+                           warnings=plan.warnings, initrd=how.get("initrd"))
         started = time.monotonic()
         log.step(f"Loading live patch {name}")
         try:
@@ -288,7 +322,7 @@ def apply(root: Path, arguments: Sequence[str], *, mode: Mode = Mode.NOW, keep: 
         log.info(f"live patch {name} is active now, and snapshot {result.number} (the default) "
                  "loads it at every boot; no reboot needed")
         return Outcome(name, mode, result.number, result.base, True, tuple(removed),
-                       timings=timings, warnings=plan.warnings)
+                       timings=timings, warnings=plan.warnings, initrd=how.get("initrd"))
 
 
 def healthy(store: Store, name: str, replaced: Sequence[str], paths: kernel.KernelPaths,

@@ -114,8 +114,12 @@ def prepare(chroot: transaction.WorkingSnapshot, running: str, name: str, file: 
     """Inside the transaction, before the commit: the preflight, depmod and the initrd."""
     from amber.boot import initrd
     from amber.livepatch import policy
-    from amber.livepatch.apply import LIVEPATCH_KEY, LIVEPATCH_ONLY_KEY, LIVEPATCH_RELEASE_KEY
-    from amber.livepatch.early import configure_initrd, initrd_patches
+    from amber.livepatch.apply import (
+        LIVEPATCH_KEY,
+        LIVEPATCH_ONLY_KEY,
+        LIVEPATCH_RELEASE_KEY,
+        put_in_initrd,
+    )
 
     settings = config.load(chroot.root).livepatch
     log.step(f"the transaction installs live patch {name}: checking it (preflight)")
@@ -125,11 +129,7 @@ def prepare(chroot: transaction.WorkingSnapshot, running: str, name: str, file: 
     generator = initrd.generator(snapshot)
     log.step(f"depmod {running}")
     chroot.run(["depmod", "-a", running], step="depmod")
-    configure_initrd(snapshot, generator, name,
-                     [n for n in initrd_patches(snapshot) if n != name])
-    for argv in initrd.commands(snapshot, [running]):
-        log.step(f"regenerating the initrd: {' '.join(argv)}")
-        chroot.run(argv, step="initrd regeneration")
+    put_in_initrd(chroot, generator, running, name, ())
     userdata = {LIVEPATCH_KEY: name, LIVEPATCH_RELEASE_KEY: running}
     if only_livepatch_packages(chroot, file):
         userdata[LIVEPATCH_ONLY_KEY] = "yes"

@@ -1,0 +1,294 @@
+"""A live patch added to an initrd without regenerating it.
+
+The kernel unpacks an initrd made of several concatenated cpio archives, each compressed or
+not, a later file overriding an earlier one of the same name (early microcode uses this). So
+instead of regenerating the whole initrd (about a minute under emulation) to add one module,
+`amber livepatch apply` appends one small uncompressed archive, the overlay:
+
+    .amber-initrd-overlay      first: says where the initrd before the overlay ends (base=N)
+    <modules>/livepatch/X.ko   the live patch module
+    <modules>/modules.*        depmod's indexes for the initrd's own modules plus X
+    etc/cmdline.d/20-force_drivers.conf   dracut: rd.driver.pre=X (the file dracut writes for
+                               force_drivers, the previous live patch's line replaced)
+    conf/modules               initramfs-tools: the modules its init loads, the same way
+
+A cumulative replacement replaces the overlay (the initrd is cut back to base=N first): there is
+at most one. The generator's configuration (amber.livepatch.early) still names the patch, so a
+later full regeneration includes it, without an overlay. An initrd whose format amber cannot
+read entirely (an unknown compression, a missing decompressor, a cut-short archive, no modules
+of the kernel) raises CannotAppend: the caller regenerates it in full and says why.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from amber.run import run
+
+MAGIC = b"070701"
+TRAILER = "TRAILER!!!"
+MARKER = ".amber-initrd-overlay"
+# The overlay is searched for in the initrd's last bytes only (a module and indexes: far less).
+OVERLAY_MAX = 64 << 20
+DRACUT_DRIVERS = "etc/cmdline.d/20-force_drivers.conf"
+INITRAMFS_MODULES = "conf/modules"
+DECOMPRESSORS = {b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gzip", b"\xfd7zXZ": "xz",
+                 b"\x02\x21\x4c\x18": "lz4", b"BZh": "bzip2", b"\x89LZO": "lzop"}
+INDEX_PREFIX = "modules."
+
+
+class CannotAppend(Exception):
+    """Why the initrd cannot take an overlay safely (then it is regenerated in full)."""
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    mode: int
+    data: bytes = b""
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_file(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+
+# ---- the newc format -----------------------------------------------------------------------
+
+def _align(n: int) -> int:
+    return (n + 3) & ~3
+
+
+def read_archive(data: bytes, offset: int) -> tuple[list[Member], int]:
+    """The members of the newc archive at offset, and where it ends (after its trailer)."""
+    members: list[Member] = []
+    while True:
+        if data[offset:offset + 6] != MAGIC:
+            raise CannotAppend(f"a cpio archive is cut short or damaged at byte {offset}")
+        try:
+            mode = int(data[offset + 14:offset + 22], 16)
+            size = int(data[offset + 54:offset + 62], 16)
+            name_size = int(data[offset + 94:offset + 102], 16)
+        except ValueError:
+            raise CannotAppend(f"a cpio header at byte {offset} is damaged") from None
+        name_end = offset + 110 + name_size - 1
+        name = data[offset + 110:name_end].decode(errors="surrogateescape")
+        start = _align(offset + 110 + name_size)
+        offset = _align(start + size)
+        if offset > _align(len(data)):
+            raise CannotAppend(f"the cpio member {name} runs past the end of the initrd")
+        if name == TRAILER:
+            return members, offset
+        members.append(Member(name.removeprefix("./").lstrip("/"), mode, data[start:start + size]))
+
+
+def _skip_zeros(data: bytes, offset: int) -> int:
+    while offset < len(data) and data[offset] == 0:
+        offset += 1
+    return offset
+
+
+def write_archive(members: Iterable[Member]) -> bytes:
+    out = bytearray()
+    for ino, member in enumerate([*members, Member(TRAILER, 0)], start=0x616D6200):
+        name = member.name.encode(errors="surrogateescape") + b"\0"
+        nlink = 2 if member.is_dir else 1
+        fields = (ino, member.mode, 0, 0, nlink, 0, len(member.data), 0, 0, 0, 0, len(name), 0)
+        out += MAGIC + b"".join(b"%08X" % f for f in fields) + name
+        out += bytes(_align(len(out)) - len(out)) + member.data
+        out += bytes(_align(len(out)) - len(out))
+    return bytes(out)
+
+
+# ---- reading an initrd ---------------------------------------------------------------------
+
+def split_overlay(data: bytes) -> tuple[int, list[Member] | None]:
+    """Where the initrd before amber's overlay ends, and the overlay's members (None: none)."""
+    needle = MARKER.encode() + b"\0"
+    position = data.rfind(needle, max(0, len(data) - OVERLAY_MAX))
+    header = position - 110
+    if position < 0 or header < 0 or data[header:header + 6] != MAGIC:
+        return len(data), None
+    try:
+        members, end = read_archive(data, header)
+    except CannotAppend:
+        return len(data), None
+    if not members or members[0].name != MARKER or _skip_zeros(data, end) != len(data):
+        return len(data), None
+    fields = dict(line.partition("=")[::2] for line in members[0].data.decode().splitlines())
+    base = int(fields.get("base", "-1")) if fields.get("base", "").isdigit() else -1
+    if not 0 <= base <= header or any(data[base:header]):
+        return len(data), None
+    return base, members
+
+
+def _decompressed(image: Path, start: int, end: int, data: bytes) -> bytes:
+    """The compressed archive at data[start:end], decompressed (with the chain in it)."""
+    tool = next((t for magic, t in DECOMPRESSORS.items()
+                 if data[start:start + len(magic)] == magic), None)
+    if tool is None:
+        raise CannotAppend(f"its archive at byte {start} is in a format amber does not know "
+                           f"(it starts {data[start:start + 4].hex()})")
+    if shutil.which(tool) is None:
+        raise CannotAppend(f"its main archive is {tool}-compressed and {tool} is not installed")
+    with tempfile.TemporaryDirectory(prefix="amber-initrd-") as tmp:
+        out = Path(tmp) / "main.cpio"
+        result = run(["sh", "-c", f'tail -c +{start + 1} "$1" | head -c {end - start} | '
+                      f'{tool} -dc > "$2"', "sh", str(image), str(out)],
+                     capture=True, check=False)
+        if result.returncode != 0:
+            raise CannotAppend(f"its {tool}-compressed archive does not decompress: "
+                               f"{result.stderr.strip()[-200:]}")
+        return out.read_bytes()
+
+
+def _chain(data: bytes, end: int) -> tuple[list[Member], int]:
+    """The members of the uncompressed archives at the start of data[:end], and where the
+    first thing that is not one begins (end: nothing else)."""
+    head = data if end == len(data) else data[:end]
+    members: list[Member] = []
+    offset = _skip_zeros(head, 0)
+    while offset < end and head[offset:offset + 6] == MAGIC:
+        more, offset = read_archive(head, offset)
+        members += more
+        offset = _skip_zeros(head, offset)
+    return members, offset
+
+
+def read_members(image: Path, data: bytes, end: int) -> list[Member]:
+    """Every member of the initrd's first `end` bytes (the initrd without amber's overlay), in
+    the order the kernel unpacks them: uncompressed archives, then the compressed one."""
+    members, offset = _chain(data, end)
+    if offset < end:
+        inner = _decompressed(image, offset, end, data)
+        members += _chain(inner, len(inner))[0]
+    return members
+
+
+def all_members(image: Path) -> list[Member]:
+    """Every member of the initrd, amber's overlay included (last: it overrides)."""
+    data = image.read_bytes()
+    base, overlay = split_overlay(data)
+    return read_members(image, data, base) + (overlay or [])[1:]
+
+
+def list_names(image: Path) -> list[str]:
+    """The overlay's member names, if the initrd has one (amber.boot.initrd lists the rest)."""
+    _, overlay = split_overlay(image.read_bytes())
+    return [m.name for m in overlay or []][1:]
+
+
+# ---- making the overlay --------------------------------------------------------------------
+
+def modules_prefix(members: Sequence[Member], release: str) -> str:
+    """The folder of the kernel's modules in the initrd, e.g. usr/lib/modules/<release>/."""
+    suffix = f"modules/{release}/modules.dep"
+    for member in members:
+        if member.name.endswith(suffix) and member.is_file:
+            return member.name[:-len("modules.dep")]
+    raise CannotAppend(f"it holds no module index of kernel {release} (modules.dep)")
+
+
+def indexes(members: Sequence[Member], prefix: str, module: Path, module_name: str,
+            dropped: set[str]) -> dict[str, bytes]:
+    """depmod's indexes for the initrd's modules (but `dropped`: earlier live patches) plus
+    `module`, as the generator's own depmod makes them: {file name: content}."""
+    release = prefix.rstrip("/").rsplit("/", 1)[-1]
+    with tempfile.TemporaryDirectory(prefix="amber-depmod-") as tmp:
+        tree = Path(tmp) / "lib/modules" / release
+        tree.mkdir(parents=True)
+        for member in members:
+            if not member.name.startswith(prefix) or not member.is_file:
+                continue
+            relative = member.name[len(prefix):]
+            if relative.startswith("livepatch/") and _stem(relative) in dropped:
+                continue
+            target = tree / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(member.data)
+        inside = tree / "livepatch" / module.name
+        inside.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(module, inside)
+        result = run(["depmod", "-b", tmp, release], capture=True, check=False)
+        if result.returncode != 0:
+            raise CannotAppend(f"depmod cannot index its modules with {module_name}: "
+                               f"{result.stderr.strip()[-200:]}")
+        return {p.name: p.read_bytes() for p in sorted(tree.iterdir())
+                if p.name.startswith(INDEX_PREFIX) and p.is_file()}
+
+
+def _stem(relative: str) -> str:
+    name = relative.rsplit("/", 1)[-1]
+    return name.split(".ko", 1)[0].replace("-", "_")
+
+
+def load_config(members: Sequence[Member], generator: str, name: str,
+                dropped: set[str]) -> Member:
+    """The generator's file that loads modules early in the initrd, with `name` in place of
+    the earlier live patches."""
+    path = DRACUT_DRIVERS if generator == "dracut" else INITRAMFS_MODULES
+    current = next((m for m in reversed(members) if m.name == path and m.is_file), None)
+    lines = current.data.decode(errors="replace").splitlines() if current else []
+    if generator == "dracut":
+        gone = {f"rd.driver.pre={n}" for n in {*dropped, name}}
+        kept = [line for line in lines if line.strip() not in gone]
+        kept.append(f"rd.driver.pre={name}")
+    else:
+        kept = [line for line in lines if line.strip() not in {*dropped, name}]
+        kept.append(name)
+    return Member(path, stat.S_IFREG | 0o644, ("\n".join(kept) + "\n").encode())
+
+
+def _folders(members: Sequence[Member], files: Iterable[str]) -> list[Member]:
+    """Directory members for the folders of `files` the initrd lacks (a folder it has, or has
+    as a symbolic link, is left alone: the kernel would replace a link by a folder)."""
+    present = {m.name for m in members}
+    wanted: list[str] = []
+    for name in files:
+        parts = name.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            folder = "/".join(parts[:i])
+            if folder not in present and folder not in wanted:
+                wanted.append(folder)
+    return [Member(f, stat.S_IFDIR | 0o755) for f in wanted]
+
+
+def make_overlay(members: Sequence[Member], base: int, generator: str, release: str,
+                 module: Path, name: str, dropped: Sequence[str]) -> bytes:
+    prefix = modules_prefix(members, release)
+    old = {n.replace("-", "_") for n in dropped} - {name}
+    files = {f"{prefix}livepatch/{module.name}": module.read_bytes()}
+    files |= {prefix + k: v for k, v in indexes(members, prefix, module, name, old).items()}
+    config = load_config(members, generator, name, old)
+    files[config.name] = config.data
+    marker = Member(MARKER, stat.S_IFREG | 0o644,
+                    f"base={base}\nlivepatch={name}\nrelease={release}\n".encode())
+    return write_archive([marker, *_folders(members, files),
+                          *(Member(n, stat.S_IFREG | 0o644, d) for n, d in files.items())])
+
+
+def add_livepatch(image: Path, generator: str, release: str, module: Path, name: str,
+                  dropped: Sequence[str]) -> int:
+    """Append (or replace) the overlay that loads live patch `name` early; returns its size.
+    Written atomically: a failure leaves the initrd as it was."""
+    from amber.state import atomic_write
+
+    try:
+        data = image.read_bytes()
+    except OSError as e:
+        raise CannotAppend(f"it cannot be read ({e.strerror})") from None
+    base, _ = split_overlay(data)
+    members = read_members(image, data, base)
+    overlay = make_overlay(members, base, generator, release, module, name, dropped)
+    content = data[:base] + bytes(_align(base) - base) + overlay
+    atomic_write(image, content, mode=stat.S_IMODE(os.stat(image).st_mode))
+    return len(overlay)
