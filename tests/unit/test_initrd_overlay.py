@@ -125,3 +125,20 @@ def test_an_unknown_format_is_said(tmp_path: Path) -> None:
     image.write_bytes(write_archive(base_members()) + b"\x00\x00\x00\x00QQQQ not an archive")
     with pytest.raises(CannotAppend, match="in a format amber does not know"):
         all_members(image)
+
+
+def test_the_generator_is_the_installed_package_not_a_leftover_command(tmp_path: Path) -> None:
+    """Debian: installing initramfs-tools removes the dracut package, but dracut-core (which
+    has the dracut command) stays."""
+    for command in ("usr/bin/dracut", "usr/sbin/update-initramfs"):
+        (tmp_path / command).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / command).touch()
+    assert initrd.generator(tmp_path) == "dracut"  # no package database: the first command
+    status = tmp_path / "var/lib/dpkg/status"
+    status.parent.mkdir(parents=True)
+    status.write_text("Package: dracut\nStatus: deinstall ok config-files\nVersion: 059-4\n\n"
+                      "Package: dracut-core\nStatus: install ok installed\nVersion: 059-4\n\n"
+                      "Package: initramfs-tools\nStatus: install ok installed\nVersion: 0.142\n")
+    assert initrd.generator(tmp_path) == "update-initramfs"
+    status.write_text("Package: dracut\nStatus: install ok installed\nVersion: 059-4\n")
+    assert initrd.generator(tmp_path) == "dracut"

@@ -12,7 +12,15 @@ from amber.run import run
 
 
 def generator(snapshot: Path) -> str:
-    for name in ("dracut", "update-initramfs"):
+    """The snapshot's initrd generator: the one whose Debian package is installed (dracut-core,
+    which has the dracut command, may stay when initramfs-tools replaces the dracut package,
+    the one that hooks into kernel installs), else the first command found."""
+    from amber.packages.database import read_dpkg
+
+    packages = read_dpkg(snapshot)
+    preferred = [name for package, name in (("initramfs-tools", "update-initramfs"),
+                                             ("dracut", "dracut")) if package in packages]
+    for name in (*preferred, "dracut", "update-initramfs"):
         for where in ("usr/bin", "usr/sbin", "bin", "sbin"):
             if (snapshot / where / name).exists():
                 return name
