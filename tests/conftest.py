@@ -47,9 +47,10 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 # Each VM module stays whole in one lane, so its tests share one booted VM; these go to lane "a",
 # every other test (unit, root, the other VM modules) to lane "b", so that the lanes take about
 # as long. The caches of testing/images and testing/vm are built under file locks.
-# Measured one after the other (2 vCPUs): test_health ~15 min, test_livepatch_apply ~7.5,
-# test_menu ~7, the other VM modules ~23 together, unit and root tests ~9.
-LANE_A = frozenset({"test_health", "test_livepatch_apply", "test_menu"})
+# Measured one after the other (2 vCPUs): test_health ~15 min, test_livepatch_apply ~6 (the
+# initrd appended to, not regenerated), test_menu ~7, test_adopt ~4.5, the other VM modules ~28
+# together, unit and root tests ~9.
+LANE_A = frozenset({"test_health", "test_livepatch_apply", "test_menu", "test_adopt"})
 
 
 @pytest.hookimpl(tryfirst=True)
