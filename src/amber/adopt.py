@@ -489,15 +489,8 @@ def finish_switch(root: Path) -> Switched:
     mounted. Running it again does nothing."""
     from amber import btrfs, layout
 
-    if os.geteuid() != 0:
-        die("amber init --switch must run as root", hint="it is run at boot by "
-            f"{SWITCH_UNIT}", code=ExitCode.ENVIRONMENT)
-    source_device, fstype, _ = _findmnt(root, "SOURCE", "FSTYPE", "UUID")
-    if fstype != "btrfs":
-        die(f"the root is {fstype or 'unknown'}, not btrfs: nothing to switch",
-            hint="amber init adopts btrfs systems only", code=ExitCode.NOT_FOUND)
-    with _top_level(source_device) as top:
-        store_dir = top / layout.CONTAINER / ".snapshots"
+    with _adopted(root, "--switch", f"it is run at boot by {SWITCH_UNIT}") as (top, store_dir,
+                                                                               _, _):
         record = _switch_record(store_dir)
         if record is None:
             _disable_switch_unit(root)
@@ -544,6 +537,23 @@ def _disable_switch_unit(root: Path) -> None:
         (root / "etc" / SWITCH_WANTS).unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _adopted(root: Path, option: str, why_root: str) -> Iterator[tuple[Path, Path, str, str]]:
+    """For `init --switch` and `--undo`: the top level of the btrfs at root mounted, the store
+    in it, the filesystem's device and UUID."""
+    from amber import layout
+
+    if os.geteuid() != 0:
+        die(f"amber init {option} must run as root", hint=why_root, code=ExitCode.ENVIRONMENT)
+    source, fstype, uuid = _findmnt(root, "SOURCE", "FSTYPE", "UUID")
+    if fstype != "btrfs":
+        die(f"the filesystem at {root} is {fstype or 'unknown'}, not btrfs",
+            hint=f"nothing to {option.lstrip('-')}: amber init adopts btrfs systems only",
+            code=ExitCode.NOT_FOUND)
+    with _top_level(source) as top:
+        yield top, top / layout.CONTAINER / ".snapshots", source, uuid
+
+
 def _record(store_dir: Path) -> dict[str, Any]:
     path = store_dir / ADOPTED
     try:
@@ -568,19 +578,12 @@ def undo(root: Path, esp: Path | None = None, disk: Path | None = None) -> int:
     """The old root the default subvolume again, the boot loader restored; amber's snapshots
     and shared subvolumes stay (unused). `root`: the adopted system as it runs (/), or any
     subvolume of its filesystem mounted (a rescue system)."""
-    from amber import btrfs, layout
+    from amber import btrfs
     from amber.boot import takeover
     from amber.state import atomic_write
 
-    if os.geteuid() != 0:
-        die("amber init --undo must run as root", hint="it changes the default subvolume",
-            code=ExitCode.ENVIRONMENT)
-    source, fstype, uuid = _findmnt(root, "SOURCE", "FSTYPE", "UUID")
-    if fstype != "btrfs":
-        die(f"the filesystem at {root} is {fstype or 'unknown'}, not btrfs",
-            hint="nothing to undo: amber init adopts btrfs systems only", code=ExitCode.NOT_FOUND)
-    with _top_level(source) as top:
-        store_dir = top / layout.CONTAINER / ".snapshots"
+    with _adopted(root, "--undo", "it changes the default subvolume") as (top, store_dir, source,
+                                                                        uuid):
         record = _record(store_dir)
         old_id = int(record["old_root_id"])
         try:
