@@ -68,10 +68,14 @@ def test_the_patch_appended_to_an_initramfs_tools_initrd_loads_at_boot(
     status = amber_status(vm)
     booted = status["booted"]
     assert booted == status["default"] == 2
-    assert vm.exec(["sh", "-c", "command -v dracut || echo none"]).out.strip() == "none"
+    # dracut-core (the dracut command) stays; the dracut package, which hooks kernels, is gone.
+    installed = vm.exec(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\n",
+                         "dracut", "initramfs-tools"], check=False).out.splitlines()
+    assert sorted(installed) == ["dracut config-files", "initramfs-tools installed"], installed
     before = guest_initrd(vm, booted, tmp_path)
     listing = initrd.list_initrd(before)
-    assert listing is not None and "conf/modules" in listing  # initramfs-tools made it
+    assert listing is not None and "conf/initramfs.conf" in listing  # initramfs-tools made it
+    assert "conf/modules" not in listing  # nothing to load early yet
     assert "scripts/local-bottom/amber-etc" in listing
     vm.exec(["touch", "/etc/written-on-initramfs-tools"])  # /etc writable (amber's hook)
 
