@@ -338,7 +338,7 @@ def initramfs_files(snapshot: Path, release: str) -> dict[str, str]:
     """The initrd's files as the kernel leaves them unpacked, amber's overlay included (path →
     text of the small files, "" for the rest)."""
     members = initrd_overlay.all_members(snapshot / "boot" / f"initrd.img-{release}")
-    files = {m.name: m.data.decode(errors="replace") if len(m.data) < 65536 else ""
+    files = {m.name: bytes(m.data).decode(errors="replace") if len(m.data) < 65536 else ""
              for m in members if m.is_file}
     return files
 
@@ -353,7 +353,7 @@ def modprobe_in_initrd(snapshot: Path, release: str, name: str, tmp_path: Path) 
         path.parent.mkdir(parents=True, exist_ok=True)
         if st.S_ISLNK(member.mode):
             path.unlink(missing_ok=True)
-            path.symlink_to(member.data.decode())
+            path.symlink_to(bytes(member.data).decode())
         elif member.is_file:
             path.unlink(missing_ok=True)
             path.write_bytes(member.data)

@@ -88,7 +88,7 @@ def test_the_patch_appended_to_an_initramfs_tools_initrd_loads_at_boot(
     assert (outcome["snapshot"], outcome["active"], outcome["initrd"]) == (3, True, "appended")
     after = guest_initrd(vm, 3, tmp_path)
     assert after.read_bytes().startswith(before.read_bytes())
-    files = {m.name: m.data for m in initrd_overlay.all_members(after)}
+    files = {m.name: bytes(m.data) for m in initrd_overlay.all_members(after)}
     assert files["conf/modules"].decode().splitlines()[-1] == "amber_lp_v1"
     view = json.loads(vm.exec(["amber", "livepatch", "status", "--json"]).out)["view"]["patches"]
     assert [(p["name"], p["next_boot"], p["in_initrd"]) for p in view] == [

@@ -51,7 +51,7 @@ class CannotAppend(Exception):
 class Member:
     name: str
     mode: int
-    data: bytes = b""
+    data: bytes | memoryview = b""  # a view into the initrd read: no copy of its 100 MB
 
     @property
     def is_dir(self) -> bool:
@@ -68,20 +68,22 @@ def _align(n: int) -> int:
     return (n + 3) & ~3
 
 
-def read_archive(data: bytes, offset: int) -> tuple[list[Member], int]:
+def read_archive(data: bytes | memoryview, offset: int) -> tuple[list[Member], int]:
     """The members of the newc archive at offset, and where it ends (after its trailer)."""
+    data = memoryview(data)
     members: list[Member] = []
     while True:
-        if data[offset:offset + 6] != MAGIC:
+        header = bytes(data[offset:offset + 110])
+        if header[:6] != MAGIC:
             raise CannotAppend(f"a cpio archive is cut short or damaged at byte {offset}")
         try:
-            mode = int(data[offset + 14:offset + 22], 16)
-            size = int(data[offset + 54:offset + 62], 16)
-            name_size = int(data[offset + 94:offset + 102], 16)
+            mode = int(header[14:22], 16)
+            size = int(header[54:62], 16)
+            name_size = int(header[94:102], 16)
         except ValueError:
             raise CannotAppend(f"a cpio header at byte {offset} is damaged") from None
         name_end = offset + 110 + name_size - 1
-        name = data[offset + 110:name_end].decode(errors="surrogateescape")
+        name = bytes(data[offset + 110:name_end]).decode(errors="surrogateescape")
         start = _align(offset + 110 + name_size)
         offset = _align(start + size)
         if offset > _align(len(data)):
@@ -91,7 +93,7 @@ def read_archive(data: bytes, offset: int) -> tuple[list[Member], int]:
         members.append(Member(name.removeprefix("./").lstrip("/"), mode, data[start:start + size]))
 
 
-def _skip_zeros(data: bytes, offset: int) -> int:
+def _skip_zeros(data: bytes | memoryview, offset: int) -> int:
     while offset < len(data) and data[offset] == 0:
         offset += 1
     return offset
@@ -124,7 +126,8 @@ def split_overlay(data: bytes) -> tuple[int, list[Member] | None]:
         return len(data), None
     if not members or members[0].name != MARKER or _skip_zeros(data, end) != len(data):
         return len(data), None
-    fields = dict(line.partition("=")[::2] for line in members[0].data.decode().splitlines())
+    marker = bytes(members[0].data).decode(errors="replace")
+    fields = dict(line.partition("=")[::2] for line in marker.splitlines())
     base = int(fields.get("base", "-1")) if fields.get("base", "").isdigit() else -1
     if not 0 <= base <= header or any(data[base:header]):
         return len(data), None
@@ -154,7 +157,7 @@ def _decompressed(image: Path, start: int, end: int, data: bytes) -> bytes:
 def _chain(data: bytes, end: int) -> tuple[list[Member], int]:
     """The members of the uncompressed archives at the start of data[:end], and where the
     first thing that is not one begins (end: nothing else)."""
-    head = data if end == len(data) else data[:end]
+    head = memoryview(data)[:end]
     members: list[Member] = []
     offset = _skip_zeros(head, 0)
     while offset < end and head[offset:offset + 6] == MAGIC:
@@ -198,12 +201,18 @@ def modules_prefix(members: Sequence[Member], release: str) -> str:
     raise CannotAppend(f"it holds no module index of kernel {release} (modules.dep)")
 
 
+def _scratch() -> str | None:
+    """A tmpfs for depmod's tree: /tmp may be on disk, where its hundreds of files cost."""
+    return "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+
+
 def indexes(members: Sequence[Member], prefix: str, module: Path, module_name: str,
-            dropped: set[str]) -> dict[str, bytes]:
+            dropped: set[str], system_modules: Path | None = None) -> dict[str, bytes]:
     """depmod's indexes for the initrd's modules (but `dropped`: earlier live patches) plus
-    `module`, as the generator's own depmod makes them: {file name: content}."""
+    `module`, as the generator's own depmod makes them: {file name: content}. A module that
+    the system has at the same place with the same size is linked, not written out."""
     release = prefix.rstrip("/").rsplit("/", 1)[-1]
-    with tempfile.TemporaryDirectory(prefix="amber-depmod-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="amber-depmod-", dir=_scratch()) as tmp:
         tree = Path(tmp) / "lib/modules" / release
         tree.mkdir(parents=True)
         for member in members:
@@ -214,16 +223,23 @@ def indexes(members: Sequence[Member], prefix: str, module: Path, module_name: s
                 continue
             target = tree / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(member.data)
+            same = system_modules / relative if system_modules else None
+            if same is not None and same.is_file() and same.stat().st_size == len(member.data):
+                target.symlink_to(same)
+            else:
+                target.write_bytes(member.data)
         inside = tree / "livepatch" / module.name
         inside.parent.mkdir(parents=True, exist_ok=True)
+        inside.unlink(missing_ok=True)  # the base may have a module of that name, linked
         shutil.copyfile(module, inside)
         result = run(["depmod", "-b", tmp, release], capture=True, check=False)
         if result.returncode != 0:
             raise CannotAppend(f"depmod cannot index its modules with {module_name}: "
                                f"{result.stderr.strip()[-200:]}")
-        return {p.name: p.read_bytes() for p in sorted(tree.iterdir())
-                if p.name.startswith(INDEX_PREFIX) and p.is_file()}
+        before = {m.name[len(prefix):]: m.data for m in members if m.name.startswith(prefix)}
+        made = {p.name: p.read_bytes() for p in sorted(tree.iterdir())
+                if p.name.startswith(INDEX_PREFIX) and p.is_file() and not p.is_symlink()}
+        return {name: data for name, data in made.items() if before.get(name) != data}
 
 
 def _stem(relative: str) -> str:
@@ -237,7 +253,7 @@ def load_config(members: Sequence[Member], generator: str, name: str,
     the earlier live patches."""
     path = DRACUT_DRIVERS if generator == "dracut" else INITRAMFS_MODULES
     current = next((m for m in reversed(members) if m.name == path and m.is_file), None)
-    lines = current.data.decode(errors="replace").splitlines() if current else []
+    lines = bytes(current.data).decode(errors="replace").splitlines() if current else []
     if generator == "dracut":
         gone = {f"rd.driver.pre={n}" for n in {*dropped, name}}
         kept = [line for line in lines if line.strip() not in gone]
@@ -263,13 +279,15 @@ def _folders(members: Sequence[Member], files: Iterable[str]) -> list[Member]:
 
 
 def make_overlay(members: Sequence[Member], base: int, generator: str, release: str,
-                 module: Path, name: str, dropped: Sequence[str]) -> bytes:
+                 module: Path, name: str, dropped: Sequence[str],
+                 system_modules: Path | None = None) -> bytes:
     prefix = modules_prefix(members, release)
     old = {n.replace("-", "_") for n in dropped} - {name}
     files = {f"{prefix}livepatch/{module.name}": module.read_bytes()}
-    files |= {prefix + k: v for k, v in indexes(members, prefix, module, name, old).items()}
+    made = indexes(members, prefix, module, name, old, system_modules)
+    files |= {prefix + k: v for k, v in made.items()}
     config = load_config(members, generator, name, old)
-    files[config.name] = config.data
+    files[config.name] = bytes(config.data)
     marker = Member(MARKER, stat.S_IFREG | 0o644,
                     f"base={base}\nlivepatch={name}\nrelease={release}\n".encode())
     return write_archive([marker, *_folders(members, files),
@@ -277,18 +295,26 @@ def make_overlay(members: Sequence[Member], base: int, generator: str, release: 
 
 
 def add_livepatch(image: Path, generator: str, release: str, module: Path, name: str,
-                  dropped: Sequence[str]) -> int:
+                  dropped: Sequence[str], system_modules: Path | None = None) -> int:
     """Append (or replace) the overlay that loads live patch `name` early; returns its size.
-    Written atomically: a failure leaves the initrd as it was."""
-    from amber.state import atomic_write
 
+    `system_modules`: the snapshot's own modules of `release`, which depmod reads where the
+    initrd has the same files. Changed in place, once the overlay is made (a refusal changes
+    nothing): the initrd is the new snapshot's, which is deleted unless its transaction
+    completes, and rewriting it whole would write its 100 MB again (the snapshot shares them
+    with its parent until then)."""
     try:
         data = image.read_bytes()
     except OSError as e:
         raise CannotAppend(f"it cannot be read ({e.strerror})") from None
     base, _ = split_overlay(data)
     members = read_members(image, data, base)
-    overlay = make_overlay(members, base, generator, release, module, name, dropped)
-    content = data[:base] + bytes(_align(base) - base) + overlay
-    atomic_write(image, content, mode=stat.S_IMODE(os.stat(image).st_mode))
+    overlay = make_overlay(members, base, generator, release, module, name, dropped,
+                           system_modules)
+    with open(image, "r+b") as f:
+        f.truncate(base)
+        f.seek(base)
+        f.write(bytes(_align(base) - base) + overlay)
+        f.flush()
+        os.fsync(f.fileno())
     return len(overlay)

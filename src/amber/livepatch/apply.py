@@ -183,7 +183,8 @@ def put_in_initrd(chroot: transaction.WorkingSnapshot, generator: str, release: 
                 raise initrd_overlay.CannotAppend(f"the snapshot has no module {name}")
             if not image.is_file():
                 raise initrd_overlay.CannotAppend("there is none yet")
-            size = initrd_overlay.add_livepatch(image, generator, release, module, name, old)
+            size = initrd_overlay.add_livepatch(image, generator, release, module, name, old,
+                                                modules_dir(snapshot) / release)
             log.step(f"appended {name} to the initrd /{image.relative_to(snapshot)} "
                      f"({size >> 10} KiB, no regeneration)")
             return "appended"
