@@ -20,6 +20,7 @@ from amber.boot.initrd_overlay import (
     all_members,
     load_config,
     modules_prefix,
+    overlay_archive,
     read_archive,
     split_overlay,
     write_archive,
@@ -41,7 +42,7 @@ def base_members() -> list[Member]:
 
 
 def overlay(base: int, *members: Member) -> bytes:
-    return write_archive([Member(MARKER, FILE, f"base={base}\n".encode()), *members])
+    return overlay_archive(base, members)
 
 
 def test_newc_round_trip_with_odd_sizes() -> None:
@@ -67,7 +68,13 @@ def test_the_overlay_is_found_only_at_the_end_and_says_where_the_base_ends() -> 
     # Something after the overlay, a base that is not zeros up to it, a base past it: not ours.
     assert split_overlay(image + b"\x1f\x8b more")[1] is None
     assert split_overlay(base + b"\x01" * (padded - len(base)) + overlay(len(base)))[1] is None
-    assert split_overlay(base + bytes(padded - len(base)) + overlay(padded + 8))[1] is None
+    # The end marker names where the overlay starts: a start elsewhere is not ours.
+    assert split_overlay(base + bytes(padded - len(base) + 4) + overlay(len(base)))[1] is None
+    # Only ever an archive of ours: a made-up end marker over other data is not trusted.
+    fake = base + bytes(padded - len(base)) + write_archive([Member("f", FILE, b"1"),
+                                                            Member(MARKER + "-end", FILE,
+                                                                   b"start=%020d\n" % 0)])
+    assert split_overlay(fake)[1] is None
 
 
 def test_a_damaged_archive_cannot_take_an_overlay() -> None:

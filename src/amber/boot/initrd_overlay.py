@@ -21,6 +21,7 @@ of the kernel) raises CannotAppend: the caller regenerates it in full and says w
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -34,8 +35,9 @@ from amber.run import run
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
 MARKER = ".amber-initrd-overlay"
-# The overlay is searched for in the initrd's last bytes only (a module and indexes: far less).
-OVERLAY_MAX = 64 << 20
+# The overlay's last member before the trailer, of a fixed size, says where the overlay starts:
+# found from the end of the file, without reading the initrd before it.
+END_MARKER = ".amber-initrd-overlay-end"
 DRACUT_DRIVERS = "etc/cmdline.d/20-force_drivers.conf"
 INITRAMFS_MODULES = "conf/modules"
 DECOMPRESSORS = {b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gzip", b"\xfd7zXZ": "xz",
@@ -113,28 +115,40 @@ def write_archive(members: Iterable[Member]) -> bytes:
 
 # ---- reading an initrd ---------------------------------------------------------------------
 
-def split_overlay(data: bytes) -> tuple[int, list[Member] | None]:
+def _end_member(start: int) -> Member:
+    return Member(END_MARKER, stat.S_IFREG | 0o644, b"start=%020d\n" % start)
+
+
+def _number(member: Member, key: str) -> int:
+    fields = dict(line.partition("=")[::2] for line in
+                  bytes(member.data).decode(errors="replace").splitlines())
+    value = fields.get(key, "")
+    return int(value) if value.isdigit() else -1
+
+
+def split_overlay(data: bytes | memoryview) -> tuple[int, list[Member] | None]:
     """Where the initrd before amber's overlay ends, and the overlay's members (None: none)."""
-    needle = MARKER.encode() + b"\0"
-    position = data.rfind(needle, max(0, len(data) - OVERLAY_MAX))
-    header = position - 110
-    if position < 0 or header < 0 or data[header:header + 6] != MAGIC:
-        return len(data), None
+    size = len(data)
+    tail = len(write_archive([_end_member(0)]))  # the end member and the trailer
+    if size < tail:
+        return size, None
     try:
-        members, end = read_archive(data, header)
+        last, end = read_archive(data, size - tail)
+        start = _number(last[0], "start") if [m.name for m in last] == [END_MARKER] else -1
+        if end != size or not 0 <= start < size - tail:
+            return size, None
+        members, end = read_archive(data, start)
     except CannotAppend:
-        return len(data), None
-    if not members or members[0].name != MARKER or _skip_zeros(data, end) != len(data):
-        return len(data), None
-    marker = bytes(members[0].data).decode(errors="replace")
-    fields = dict(line.partition("=")[::2] for line in marker.splitlines())
-    base = int(fields.get("base", "-1")) if fields.get("base", "").isdigit() else -1
-    if not 0 <= base <= header or any(data[base:header]):
-        return len(data), None
-    return base, members
+        return size, None
+    if end != size or not members or members[0].name != MARKER:
+        return size, None
+    base = _number(members[0], "base")
+    if not 0 <= base <= start or any(bytes(data[base:start])):
+        return size, None
+    return base, members[:-1]
 
 
-def _decompressed(image: Path, start: int, end: int, data: bytes) -> bytes:
+def _decompressed(image: Path, start: int, end: int, data: bytes | memoryview) -> bytes:
     """The compressed archive at data[start:end], decompressed (with the chain in it)."""
     tool = next((t for magic, t in DECOMPRESSORS.items()
                  if data[start:start + len(magic)] == magic), None)
@@ -154,7 +168,7 @@ def _decompressed(image: Path, start: int, end: int, data: bytes) -> bytes:
         return out.read_bytes()
 
 
-def _chain(data: bytes, end: int) -> tuple[list[Member], int]:
+def _chain(data: bytes | memoryview, end: int) -> tuple[list[Member], int]:
     """The members of the uncompressed archives at the start of data[:end], and where the
     first thing that is not one begins (end: nothing else)."""
     head = memoryview(data)[:end]
@@ -167,7 +181,7 @@ def _chain(data: bytes, end: int) -> tuple[list[Member], int]:
     return members, offset
 
 
-def read_members(image: Path, data: bytes, end: int) -> list[Member]:
+def read_members(image: Path, data: bytes | memoryview, end: int) -> list[Member]:
     """Every member of the initrd's first `end` bytes (the initrd without amber's overlay), in
     the order the kernel unpacks them: uncompressed archives, then the compressed one."""
     members, offset = _chain(data, end)
@@ -288,10 +302,16 @@ def make_overlay(members: Sequence[Member], base: int, generator: str, release: 
     files |= {prefix + k: v for k, v in made.items()}
     config = load_config(members, generator, name, old)
     files[config.name] = bytes(config.data)
-    marker = Member(MARKER, stat.S_IFREG | 0o644,
-                    f"base={base}\nlivepatch={name}\nrelease={release}\n".encode())
-    return write_archive([marker, *_folders(members, files),
-                          *(Member(n, stat.S_IFREG | 0o644, d) for n, d in files.items())])
+    return overlay_archive(base, [*_folders(members, files),
+                                  *(Member(n, stat.S_IFREG | 0o644, d) for n, d in files.items())],
+                           f"livepatch={name}\nrelease={release}\n")
+
+
+def overlay_archive(base: int, members: Sequence[Member], note: str = "") -> bytes:
+    """The overlay archive for an initrd whose first `base` bytes stay: the start marker (where
+    the base ends), the members, the end marker (where the overlay starts, 4-byte aligned)."""
+    marker = Member(MARKER, stat.S_IFREG | 0o644, f"base={base}\n{note}".encode())
+    return write_archive([marker, *members, _end_member(_align(base))])
 
 
 def add_livepatch(image: Path, generator: str, release: str, module: Path, name: str,
@@ -299,18 +319,27 @@ def add_livepatch(image: Path, generator: str, release: str, module: Path, name:
     """Append (or replace) the overlay that loads live patch `name` early; returns its size.
 
     `system_modules`: the snapshot's own modules of `release`, which depmod reads where the
-    initrd has the same files. Changed in place, once the overlay is made (a refusal changes
-    nothing): the initrd is the new snapshot's, which is deleted unless its transaction
-    completes, and rewriting it whole would write its 100 MB again (the snapshot shares them
-    with its parent until then)."""
+    initrd has the same files. The initrd is mapped, not read: only its archive headers and
+    the files the overlay needs are. Changed in place, once the overlay is made (a refusal
+    changes nothing): the initrd is the new snapshot's, which is deleted unless its
+    transaction completes, and rewriting it whole would write its 100 MB again (the snapshot
+    shares them with its parent until then)."""
+    import mmap
+
     try:
-        data = image.read_bytes()
+        with open(image, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise CannotAppend("it is empty")
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                base, overlay = _made(image, memoryview(mapped), generator, release, module,
+                                      name, dropped, system_modules)
+            finally:
+                # Views into it that an error's traceback keeps: unmapped when they go.
+                with contextlib.suppress(BufferError):
+                    mapped.close()
     except OSError as e:
         raise CannotAppend(f"it cannot be read ({e.strerror})") from None
-    base, _ = split_overlay(data)
-    members = read_members(image, data, base)
-    overlay = make_overlay(members, base, generator, release, module, name, dropped,
-                           system_modules)
     with open(image, "r+b") as f:
         f.truncate(base)
         f.seek(base)
@@ -318,3 +347,12 @@ def add_livepatch(image: Path, generator: str, release: str, module: Path, name:
         f.flush()
         os.fsync(f.fileno())
     return len(overlay)
+
+
+def _made(image: Path, data: memoryview, generator: str, release: str, module: Path,
+          name: str, dropped: Sequence[str], system_modules: Path | None) -> tuple[int, bytes]:
+    """Where the base ends, and the new overlay (bytes of its own: the map is closed next)."""
+    base, _ = split_overlay(data)
+    members = read_members(image, data, base)
+    return base, make_overlay(members, base, generator, release, module, name, dropped,
+                              system_modules)
