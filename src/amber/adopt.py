@@ -412,6 +412,8 @@ def _copy_tree(source: Path, dest: Path) -> None:
 def _keep_package_database_links(fresh: Path, current: Path, name: str) -> None:
     """/var/lib/dpkg and /var/lib/rpm stay links into the snapshot (amber.layout): the old
     root's databases are the old system's, not snapshot 1's."""
+    import shutil
+
     from amber.layout import PACKAGE_DATABASES
 
     for in_var, _ in PACKAGE_DATABASES:
@@ -420,8 +422,6 @@ def _keep_package_database_links(fresh: Path, current: Path, name: str) -> None:
             continue
         copied, link = fresh / rest, current / rest
         if copied.is_dir() and not copied.is_symlink():
-            import shutil
-
             shutil.rmtree(copied)
         if link.is_symlink() and not copied.is_symlink():
             copied.symlink_to(os.readlink(link))
@@ -516,9 +516,15 @@ def finish_switch(root: Path) -> Switched:
             if name not in layout.SHARED_SUBVOLUMES:
                 continue
             log.step(f"/{name}: made again from the old root as it was at shutdown")
-            if _replace_shared(top / layout.CONTAINER, name, source, generations.get(name),
-                               work / "kept"):
-                kept.append(name)
+            try:
+                if _replace_shared(top / layout.CONTAINER, name, source, generations.get(name),
+                                   work / "kept"):
+                    kept.append(name)
+            except OSError as e:
+                die(f"cannot make /{name} again from the old root: {e}",
+                    hint="fix the cause; the next boot (or 'amber init --switch') resumes where "
+                         "this stopped, and nothing of the old root is changed",
+                    code=ExitCode.STEP_FAILED)
             moved.append(name)
         edits = _etc_edits(source / "etc", float(switch.get("adopted_at") or 0))
         btrfs.delete_subvolume(source)

@@ -22,6 +22,7 @@ of the kernel) raises CannotAppend: the caller regenerates it in full and says w
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -40,8 +41,6 @@ MARKER = ".amber-initrd-overlay"
 END_MARKER = ".amber-initrd-overlay-end"
 DRACUT_DRIVERS = "etc/cmdline.d/20-force_drivers.conf"
 INITRAMFS_MODULES = "conf/modules"
-DECOMPRESSORS = {b"\x28\xb5\x2f\xfd": "zstd", b"\x1f\x8b": "gzip", b"\xfd7zXZ": "xz",
-                 b"\x02\x21\x4c\x18": "lz4", b"BZh": "bzip2", b"\x89LZO": "lzop"}
 INDEX_PREFIX = "modules."
 
 
@@ -150,17 +149,20 @@ def split_overlay(data: bytes | memoryview) -> tuple[int, list[Member] | None]:
 
 def _decompressed(image: Path, start: int, end: int, data: bytes | memoryview) -> bytes:
     """The compressed archive at data[start:end], decompressed (with the chain in it)."""
-    tool = next((t for magic, t in DECOMPRESSORS.items()
-                 if data[start:start + len(magic)] == magic), None)
-    if tool is None:
+    from amber.boot.initrd import DECOMPRESSORS
+
+    command = next((c for magic, c in DECOMPRESSORS.items()
+                    if data[start:start + len(magic)] == magic and c != "cat"), None)
+    if command is None:
         raise CannotAppend(f"its archive at byte {start} is in a format amber does not know "
                            f"(it starts {data[start:start + 4].hex()})")
+    tool = command.split()[0]
     if shutil.which(tool) is None:
         raise CannotAppend(f"its main archive is {tool}-compressed and {tool} is not installed")
     with tempfile.TemporaryDirectory(prefix="amber-initrd-") as tmp:
         out = Path(tmp) / "main.cpio"
         result = run(["sh", "-c", f'tail -c +{start + 1} "$1" | head -c {end - start} | '
-                      f'{tool} -dc > "$2"', "sh", str(image), str(out)],
+                      f'{command} > "$2"', "sh", str(image), str(out)],
                      capture=True, check=False)
         if result.returncode != 0:
             raise CannotAppend(f"its {tool}-compressed archive does not decompress: "
@@ -196,12 +198,6 @@ def all_members(image: Path) -> list[Member]:
     data = image.read_bytes()
     base, overlay = split_overlay(data)
     return read_members(image, data, base) + (overlay or [])[1:]
-
-
-def list_names(image: Path) -> list[str]:
-    """The overlay's member names, if the initrd has one (amber.boot.initrd lists the rest)."""
-    _, overlay = split_overlay(image.read_bytes())
-    return [m.name for m in overlay or []][1:]
 
 
 # ---- making the overlay --------------------------------------------------------------------
@@ -340,12 +336,22 @@ def add_livepatch(image: Path, generator: str, release: str, module: Path, name:
                     mapped.close()
     except OSError as e:
         raise CannotAppend(f"it cannot be read ({e.strerror})") from None
-    with open(image, "r+b") as f:
-        f.truncate(base)
-        f.seek(base)
-        f.write(bytes(_align(base) - base) + overlay)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(image, "r+b") as f:
+            f.truncate(base)
+            f.seek(base)
+            f.write(bytes(_align(base) - base) + overlay)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        # The snapshot is unfinished: its transaction fails and deletes it.
+        from amber.errors import AmberError, ExitCode
+        from amber.lock import NO_SPACE_HINT
+
+        full = e.errno == errno.ENOSPC
+        raise AmberError(f"cannot write the overlay to {image}: {e.strerror}",
+                         hint=NO_SPACE_HINT if full else "check the filesystem of /.snapshots",
+                         code=ExitCode.NO_SPACE if full else ExitCode.ENVIRONMENT) from e
     return len(overlay)
 
 
