@@ -44,6 +44,12 @@ from testing.filelock import locked
 AGENT_UNIT = "amber-test-agent.service"
 AGENT_PATH = "/usr/lib/amber-test/agent.py"
 BOOT_TIMEOUT = float(os.environ.get("AMBER_TESTVM_BOOT_TIMEOUT", "300"))
+# Under TCG, a few boots in a hundred stop dead in OVMF or GRUB (no console output, no disk
+# reads); the same disk boots on a reset. A boot silent that long before its kernel is reset.
+FIRMWARE_STALL = float(os.environ.get("AMBER_TESTVM_FIRMWARE_STALL", "120"))
+STALL_RESETS = 2
+FIRMWARE_MARKERS = ("BdsDxe: starting", "Welcome to GRUB!")
+KERNEL_MARKER = "Linux version"
 MEMORY = os.environ.get("AMBER_TESTVM_MEMORY", "1024")
 CPUS = os.environ.get("AMBER_TESTVM_CPUS", "2")
 IMAGE_SIZE = 4 << 30
@@ -185,6 +191,16 @@ class GuestCommandFailed(AmberError):
                          code=ExitCode.STEP_FAILED)
 
 
+def _read_until_prompt(sock: socket.socket) -> str:
+    data = b""
+    while not data.endswith(b"(qemu) "):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode(errors="replace").removesuffix("(qemu) ")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -230,12 +246,43 @@ def check_firmware() -> None:
                      "with --firmware bios", code=ExitCode.ENVIRONMENT)
 
 
+def before_kernel(console: str) -> bool:
+    """Whether the console's last boot is still in firmware or GRUB (no kernel line after the
+    last firmware or GRUB line)."""
+    firmware = max(console.rfind(marker) for marker in FIRMWARE_MARKERS)
+    return firmware >= 0 and console.rfind(KERNEL_MARKER) < firmware
+
+
 def console_tail(log: Path, lines: int = 25) -> str:
     try:
         text = log.read_bytes().decode(errors="replace")
     except OSError:
         return "(no console log)"
     return "\n".join(text.replace("\r", "").splitlines()[-lines:])
+
+
+class StallWatch:
+    """Resets a boot that stalls in firmware or GRUB (vm.firmware_stall seconds without console
+    output, no kernel yet), at most STALL_RESETS times per wait."""
+
+    def __init__(self, vm: VM):
+        self.vm = vm
+        self.began = self.size = vm.console_size()
+        self.grew = time.monotonic()
+        self.resets = 0
+
+    def reset_if_stalled(self) -> bool:
+        size = self.vm.console_size()
+        if size != self.size:
+            self.size, self.grew = size, time.monotonic()
+            return False
+        if (time.monotonic() - self.grew < self.vm.firmware_stall or self.resets >= STALL_RESETS
+                or not before_kernel(self.vm.console_text(self.began))):
+            return False
+        self.resets += 1
+        self.vm.reset_stalled_firmware()
+        self.size, self.grew = self.vm.console_size(), time.monotonic()
+        return True
 
 
 class VM:
@@ -246,6 +293,7 @@ class VM:
         self.console = self.state / "console.log"
         self.state_file = self.state / "vm.json"
         self.vars = self.state / "OVMF_VARS.fd"
+        self.firmware_stall = FIRMWARE_STALL
 
     @property
     def serial_socket(self) -> Path:
@@ -255,6 +303,11 @@ class VM:
             return path
         digest = hashlib.sha256(str(self.state).encode()).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"amber-testvm-{digest}.sock"
+
+    @property
+    def monitor_socket(self) -> Path:
+        """qemu's human monitor (to reset a stalled boot and keep its registers)."""
+        return self.serial_socket.with_name(self.serial_socket.stem + "-monitor.sock")
 
     # -- image --
 
@@ -348,6 +401,11 @@ class VM:
         return Firmware(self._load().get("firmware", Firmware.UEFI))
 
     @property
+    def stalls(self) -> list[dict[str, Any]]:
+        """The boots reset because they stalled in firmware or GRUB."""
+        return list(self._load().get("stalls", []))
+
+    @property
     def boots(self) -> list[Boot]:
         """Every boot since start, oldest first."""
         return [Boot(b["boot_id"], b["seconds"]) for b in self._load().get("boots", [])]
@@ -383,7 +441,8 @@ class VM:
                 # The log keeps every boot's console, across power cuts too (logappend).
                 "-chardev", f"socket,id=ser0,path={self.serial_socket},server=on,wait=off,"
                             f"logfile={self.console},logappend=on",
-                "-serial", "chardev:ser0"]
+                "-serial", "chardev:ser0",
+                "-monitor", f"unix:{self.monitor_socket},server=on,wait=off"]
         if firmware is Firmware.UEFI:
             argv += ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
                      "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}"]
@@ -395,6 +454,7 @@ class VM:
     def _power_on(self) -> float:
         """Start qemu on the disk and wait for the agent."""
         self.serial_socket.unlink(missing_ok=True)
+        self.monitor_socket.unlink(missing_ok=True)
         port, ssh_port = free_port(), free_port()
         while ssh_port == port:
             ssh_port = free_port()
@@ -422,6 +482,7 @@ class VM:
         port = self._load().get("port")
         assert isinstance(port, int)
         deadline = time.monotonic() + BOOT_TIMEOUT
+        watch = StallWatch(self)
         while time.monotonic() < deadline:
             stopped = proc.poll() is not None if proc else self._pid() is None
             if stopped:
@@ -436,11 +497,37 @@ class VM:
                 boot_id = result.out.strip()
                 if result.code == 0 and boot_id and boot_id != previous:
                     return boot_id
+            if watch.reset_if_stalled():
+                deadline = max(deadline, time.monotonic() + BOOT_TIMEOUT / 2)
             time.sleep(1)
         self.kill()
         die(f"the VM did not become ready within {BOOT_TIMEOUT:.0f} s; console:\n"
             + console_tail(self.console), hint=f"full console log: {self.console}",
             code=ExitCode.ENVIRONMENT)
+
+    def reset_stalled_firmware(self) -> None:
+        """Keep the stalled CPUs' registers (stall-N.txt), then reset the VM as its reset
+        button would; the reset is recorded in vm.json."""
+        data = self._load()
+        stalls = data.setdefault("stalls", [])
+        name = f"stall-{len(stalls) + 1}.txt"
+        with contextlib.suppress(OSError):
+            (self.state / name).write_text(self.monitor("info registers -a"))
+        self.monitor("system_reset")
+        self.monitor("cont")  # if it was paused
+        stalls.append({"boot": len(data.get("boots", [])) + 1, "registers": name})
+        self._save(data)
+        step(f"The boot made no progress in firmware or GRUB for {self.firmware_stall:.0f} s (a TCG"
+             f" stall); the VM was reset, registers in {self.state / name}")
+
+    def monitor(self, command: str, timeout: float = 10) -> str:
+        """One command on qemu's human monitor; its output."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.monitor_socket))
+            _read_until_prompt(sock)
+            sock.sendall(command.encode() + b"\n")
+            return _read_until_prompt(sock).partition("\n")[2]  # after the echo of the line
 
     def kill(self) -> None:
         pid = self._pid()
@@ -465,6 +552,7 @@ class VM:
         self.kill()
         self.disk.unlink(missing_ok=True)
         self.serial_socket.unlink(missing_ok=True)
+        self.monitor_socket.unlink(missing_ok=True)
 
     def boot_id(self) -> str:
         return self.exec(["cat", "/proc/sys/kernel/random/boot_id"]).out.strip()
@@ -514,6 +602,7 @@ class VM:
         """Wait until the console log (from byte `since`) matches the regex `pattern`."""
         compiled = re.compile(pattern)
         deadline = time.monotonic() + timeout
+        watch = StallWatch(self)
         while True:
             match = compiled.search(self.console_text(since))
             if match:
@@ -526,6 +615,7 @@ class VM:
             if self._pid() is None:
                 die(f"the VM stopped while waiting for {pattern!r} on its console",
                     hint=f"full console log: {self.console}", code=ExitCode.ENVIRONMENT)
+            watch.reset_if_stalled()
             time.sleep(0.2)
 
     def send_keys(self, keys: Iterable[bytes | str], pause: float = KEY_PAUSE) -> None:

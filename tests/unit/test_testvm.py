@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from amber.log import AmberError, ExitCode
-from testing.vm import Firmware, default_entry
+from testing.vm import Firmware, before_kernel, default_entry
 
 MENU = """\
 set default=amber-default
@@ -38,3 +38,12 @@ def test_a_menu_without_default_entry_is_refused() -> None:
 
 def test_firmware_names() -> None:
     assert [str(f) for f in Firmware] == ["uefi", "bios", "direct"]
+
+
+def test_a_boot_is_before_its_kernel_until_the_kernel_prints() -> None:
+    reboot = "[ 64.3] reboot: machine restart\r\nBdsDxe: starting Boot0001 \"UEFI Misc Device\"\r\n"
+    assert before_kernel(reboot)
+    assert before_kernel(reboot + "Welcome to GRUB!\r\n amber: booting snapshot 2")
+    assert not before_kernel(reboot + "Welcome to GRUB!\n[ 0.0] Linux version 6.1.0-57-amd64")
+    assert not before_kernel("[ 12.0] systemd[1]: Started something.")  # a running system
+    assert not before_kernel("")

@@ -4,6 +4,7 @@ firmware and GRUB with no help from the harness."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -51,3 +52,26 @@ def test_boots_to_the_agent_and_reboots_through_grub(firmware_vm: VM) -> None:
     assert len(vm.boots) == 2 and vm.boots[-1].boot_id != first.boot_id
     assert_booted_through_grub(vm, mark)
     assert vm.boot_id() == vm.boots[-1].boot_id
+
+    if vm.firmware is Firmware.UEFI:
+        a_boot_stalled_in_grub_is_reset(vm)
+
+
+def a_boot_stalled_in_grub_is_reset(vm: VM) -> None:
+    """The harness's answer to TCG's rare dead stops in OVMF or GRUB: a boot silent before its
+    kernel is reset (here GRUB is frozen on purpose, through qemu's monitor). UEFI only: with
+    SeaBIOS, GRUB's first lines go to VGA."""
+    mark = vm.console_size()
+
+    def freeze_grub() -> None:
+        vm.wait_console("Welcome to GRUB!", timeout=300, since=mark)
+        vm.monitor("stop")
+
+    freezer = threading.Thread(target=freeze_grub)
+    vm.firmware_stall = 15
+    freezer.start()
+    vm.reboot()
+    freezer.join()
+    assert len(vm.stalls) == 1 and (vm.state / vm.stalls[0]["registers"]).read_text().strip()
+    assert vm.console_text(mark).count("Welcome to GRUB!") == 2
+    assert_booted_through_grub(vm, mark)
