@@ -11,7 +11,9 @@ shuffled order so that drift hits all sides alike, and prints the median of each
 2. the same with 1,000 snapshots against with 10. Target ≤ 1.2×.
 3. `amber snapshots --json` (1,000) against `btrfs subvolume list`; `amber cleanup --keep 10` of
    1,000 snapshots against deleting the same snapshots from a bare Python process. Target < 1 s.
-4. `amber status` against `python3 -c 'import btrfsutil'`. Target ≤ 2×.
+4. `amber status` against `python3 -c 'import btrfsutil'`. Target ≤ 2×. Beside it, what that
+   target is up against: `import argparse` alone, and the standard library of the project's
+   style (STYLE_MODULES), each against `import btrfsutil`.
 
 Every Python process starts clean by default: `python3 -I -S`, sys.path given explicitly (see
 Interpreter); `--site` starts them as on this host instead. The output says which.
@@ -51,6 +53,11 @@ SMALL = 10
 LARGE = 1000
 KEEP = 10
 FLOOR_PATH = "AMBER_BENCH_PATH"  # sys.path for floor.py under -I, which ignores PYTHONPATH
+# The standard library any amber command imports before a line of its own runs: argparse for
+# the command line, frozen dataclasses for configuration, StrEnums, pathlib, typing for
+# NamedTuple, and what the transaction's guards need.
+STYLE_MODULES = ("argparse, contextlib, dataclasses, enum, fcntl, locale, pathlib, signal, "
+                 "typing, btrfsutil")
 DEFAULT_DIR = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
 
 
@@ -101,10 +108,11 @@ class Interpreter:
     def python(self, *args: str) -> list[str]:
         return [sys.executable, *self.flags, *args]
 
-    def import_btrfsutil(self) -> list[str]:
+    def imports(self, modules: str) -> list[str]:
+        """A process that imports `modules` (a comma-separated list) and ends."""
         if self.site:
-            return self.python("-c", "import btrfsutil")
-        return self.python("-c", f"import sys; sys.path[:0] = {self.path!r}; import btrfsutil")
+            return self.python("-c", f"import {modules}")
+        return self.python("-c", f"import sys; sys.path[:0] = {self.path!r}; import {modules}")
 
     def amber(self, *args: str) -> list[str]:
         return [str(AMBER), *args] if self.site else self.python(str(self.launcher), *args)
@@ -430,13 +438,16 @@ def bench(runs: int, warmup: int, cleanup_runs: int, seed: int, where: Path) -> 
         run_small = Case(f"amber run, {SMALL}", transaction(small))
         run_large = Case(f"amber run, {LARGE}", transaction(large))
         status = Case("amber status", plain(PY.amber("--root", str(small.path), "status")))
-        imp = Case("import btrfsutil", plain(PY.import_btrfsutil()))
+        imp = Case("import btrfsutil", plain(PY.imports("btrfsutil")))
+        imp_argparse = Case("import argparse", plain(PY.imports("argparse")))
+        imp_style = Case("the style's standard library", plain(PY.imports(STYLE_MODULES)))
         listing = Case("amber snapshots", plain(PY.amber("--root", str(large.path),
                                                    "snapshots", "--json")))
         subvols = Case("btrfs subvolume list", plain(["btrfs", "subvolume", "list",
                                                       str(large.path)]))
         say(f"measuring: {warmup} warm-up and {runs} timed rounds")
-        cases = [floor, floor_large, run_small, run_large, status, imp, listing, subvols]
+        cases = [floor, floor_large, run_small, run_large, status, imp, imp_argparse, imp_style,
+                 listing, subvols]
         interleaved(cases, runs, warmup, seed)
         say(f"measuring cleanup of {LARGE} snapshots, {cleanup_runs} round(s)")
         clean, delete = cleanup_cases(large, cleanup_runs)
@@ -456,6 +467,12 @@ def bench(runs: int, warmup: int, cleanup_runs: int, seed: int, where: Path) -> 
             Row(f"cleanup --keep {KEEP} of {LARGE} (s: {clean.median / 1000:.2f})", clean,
                 delete, "< 1 s", None, seconds_limit=1.0),
             Row("status start-up vs import btrfsutil", status, imp, "≤ 2×", 2.0),
+            # What the status target is up against: the CLI's parser alone, then every
+            # standard-library module the project's style brings (see STYLE_MODULES).
+            Row("import argparse vs import btrfsutil", imp_argparse, imp, "-", None),
+            Row("the style's standard library vs import btrfsutil", imp_style, imp, "-", None),
+            Row("status start-up vs the style's standard library", status, imp_style, "-",
+                None),
         ]
 
 
