@@ -9,7 +9,8 @@ shuffled order so that drift hits all sides alike, and prints the median of each
 1. `amber run -- true` (10 snapshots) against the floor in bench/floor.py: a fresh Python process
    doing the bare libbtrfsutil cycle and the chroot's mounts. Target ≤ 1.5×.
 2. the same with 1,000 snapshots against with 10. Target ≤ 1.2×.
-3. `amber snapshots --json` (1,000) against `btrfs subvolume list`; `amber cleanup --keep 10` of
+3. `amber snapshots --json` (1,000) against `btrfs subvolume list` and, where snapper is
+   installed, against `snapper --jsonout list` (target ≤ 0.7×); `amber cleanup --keep 10` of
    1,000 snapshots against deleting the same snapshots from a bare Python process. Target < 1 s.
 4. `amber status` against `python3 -c 'import btrfsutil'`. Target ≤ 2×. Beside it, what that
    target is up against: `import argparse` alone, and the standard library of the project's
@@ -413,6 +414,21 @@ def cleanup_cases(large: Root, runs: int) -> tuple[Case, Case]:
     return amber, bare
 
 
+def snapper_list(root: Root) -> Case | None:
+    """snapper's own listing of the same snapshots (its config written into the root's /etc),
+    if snapper is installed."""
+    if shutil.which("snapper") is None:
+        say("snapper is not installed: no row against snapper's list")
+        return None
+    config = root.path / "etc/snapper/configs/root"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text('SUBVOLUME="/"\nFSTYPE="btrfs"\n')
+    version = _run(["snapper", "--version"]).split()[1]
+    return Case(f"snapper {version} list", plain(["snapper", "--no-dbus", "--root",
+                                                   str(root.path), "-c", "root", "--jsonout",
+                                                   "list"]))
+
+
 def bench(runs: int, warmup: int, cleanup_runs: int, seed: int, where: Path) -> list[Row]:
     for tool in ("btrfs", "losetup", "mount", "umount"):
         if shutil.which(tool) is None:
@@ -445,9 +461,10 @@ def bench(runs: int, warmup: int, cleanup_runs: int, seed: int, where: Path) -> 
                                                    "snapshots", "--json")))
         subvols = Case("btrfs subvolume list", plain(["btrfs", "subvolume", "list",
                                                       str(large.path)]))
+        snapper = snapper_list(large)
         say(f"measuring: {warmup} warm-up and {runs} timed rounds")
         cases = [floor, floor_large, run_small, run_large, status, imp, imp_argparse, imp_style,
-                 listing, subvols]
+                 listing, subvols, *([snapper] if snapper else [])]
         interleaved(cases, runs, warmup, seed)
         say(f"measuring cleanup of {LARGE} snapshots, {cleanup_runs} round(s)")
         clean, delete = cleanup_cases(large, cleanup_runs)
@@ -464,6 +481,8 @@ def bench(runs: int, warmup: int, cleanup_runs: int, seed: int, where: Path) -> 
                 floor_large, "≤ 1.2×", 1.2),
             Row(f"snapshots --json ({LARGE}) vs btrfs subvolume list", listing, subvols, "-",
                 None),
+            *([Row(f"snapshots --json ({LARGE}) vs snapper --jsonout list", listing, snapper,
+                   "≤ 0.7×", 0.7)] if snapper else []),
             Row(f"cleanup --keep {KEEP} of {LARGE} (s: {clean.median / 1000:.2f})", clean,
                 delete, "< 1 s", None, seconds_limit=1.0),
             Row("status start-up vs import btrfsutil", status, imp, "≤ 2×", 2.0),
