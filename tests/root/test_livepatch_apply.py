@@ -323,6 +323,9 @@ def test_initramfs_tools_loads_the_patch_from_its_initrd(initramfs_tools_system:
     assert f"usr/lib/modules/{kit.release}/livepatch/amber_lp_v2.ko" in files
     modules_dep = files[f"usr/lib/modules/{kit.release}/modules.dep"]
     assert "livepatch/amber_lp_v2.ko:" in modules_dep and "amber_lp_v1" not in modules_dep
+    # The index was written directly (amber.boot.modindex), not by depmod: the same entries as
+    # depmod makes over the initrd's modules with v2 in place of v1.
+    assert_index_as_depmod_makes_it(snapshot, kit.release, kit.v2)
 
     # A cumulative replacement replaces the overlay: still one, on the same base.
     outcome = apply.apply(system.root, [str(kit.v1)], paths=kernel.paths, syscalls=kernel)
@@ -333,6 +336,29 @@ def test_initramfs_tools_loads_the_patch_from_its_initrd(initramfs_tools_system:
     assert "amber_lp_v1" in initramfs_files(system.snapshot(5), kit.release)["conf/modules"]
     # The older snapshot's initrd is untouched: rollback boots v1 again.
     assert "amber_lp_v1" in initramfs_files(snapshot, kit.release)["conf/modules"]
+
+
+def assert_index_as_depmod_makes_it(snapshot: Path, release: str, module: Path) -> None:
+    from amber.boot import modindex
+
+    members = initrd_overlay.all_members(snapshot / "boot" / f"initrd.img-{release}")
+    prefix = initrd_overlay.modules_prefix(members, release)
+    name, dropped = module.name.removesuffix(".ko"), {"amber_lp_v1"}
+    direct = initrd_overlay.added_to_index(members, prefix, module, name, dropped)
+    made = initrd_overlay.indexes(members, prefix, module, name, dropped)
+    assert direct is not None and set(made) == {"modules.dep", "modules.dep.bin"}
+
+    def entries(index: bytes) -> dict[str, list[str]]:
+        return {k: [text for _, text in v] for k, v in modindex.read_index(index).items()}
+
+    assert entries(direct["modules.dep.bin"]) == entries(made["modules.dep.bin"])
+    assert sorted(direct["modules.dep"].splitlines()) == sorted(made["modules.dep"].splitlines())
+    # depmod's own files, read and written again: the same bytes.
+    made_by_depmod = [bytes(m.data) for m in members if m.name.startswith(prefix + "modules.")
+                      and m.name.endswith(".bin")] + [made["modules.dep.bin"]]
+    assert len(made_by_depmod) >= 4
+    for data in made_by_depmod:
+        assert modindex.write_index(modindex.read_index(data)) == data
 
 
 def initramfs_files(snapshot: Path, release: str) -> dict[str, str]:

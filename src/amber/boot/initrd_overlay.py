@@ -7,7 +7,11 @@ instead of regenerating the whole initrd (about a minute under emulation) to add
 
     .amber-initrd-overlay      first: says where the initrd before the overlay ends (base=N)
     <modules>/livepatch/X.ko   the live patch module
-    <modules>/modules.*        depmod's indexes for the initrd's own modules plus X
+    <modules>/modules.*        the module index of the initrd's own modules plus X: for a
+                               patch only modules.dep names (no dependencies, aliases or
+                               exports, as live patches are), its modules.dep and .bin are
+                               written directly (amber.boot.modindex); else depmod runs over
+                               the initrd's modules
     etc/cmdline.d/20-force_drivers.conf   dracut: rd.driver.pre=X (the file dracut writes for
                                force_drivers, the previous live patch's line replaced)
     conf/modules               initramfs-tools: the modules its init loads, the same way
@@ -252,6 +256,60 @@ def indexes(members: Sequence[Member], prefix: str, module: Path, module_name: s
         return {name: data for name, data in made.items() if before.get(name) != data}
 
 
+def added_to_index(members: Sequence[Member], prefix: str, module: Path, module_name: str,
+                   dropped: set[str]) -> dict[str, bytes] | None:
+    """modules.dep and modules.dep.bin with `module` in place of the `dropped` ones (and of an
+    earlier module of its name), written directly (amber.boot.modindex) instead of by depmod,
+    where they are all depmod would change: neither the module nor the ones it replaces has
+    dependencies, aliases, soft dependencies or exported symbols. None otherwise (then depmod
+    runs over the initrd's modules)."""
+    from amber.boot import modindex
+
+    if not _plain_module(module.read_bytes(), module):
+        return None
+    text = _member_data(members, prefix + "modules.dep")
+    binary = _member_data(members, prefix + "modules.dep.bin")
+    if text is None or binary is None:
+        return None
+    try:
+        index = modindex.read_index(binary)
+    except modindex.BadIndex:
+        return None
+    replaced = {n: index.pop(n) for n in {*dropped, module_name} if n in index}
+    paths = {values[0][1].partition(":")[0] for values in replaced.values() if values}
+    for path in paths:
+        data = _member_data(members, prefix + path)
+        if data is None or not _plain_module(data, Path(path)):
+            return None
+    priority = 1 + max((p for values in index.values() for p, _ in values), default=-1)
+    line = f"livepatch/{module.name}:"
+    index[module_name] = [(priority, line)]
+    kept = [entry for entry in text.decode("latin-1").splitlines()
+            if entry.partition(":")[0] not in paths]
+    return {"modules.dep": "".join(f"{entry}\n" for entry in [*kept, line]).encode("latin-1"),
+            "modules.dep.bin": modindex.write_index(index)}
+
+
+def _plain_module(data: bytes, path: Path) -> bool:
+    """A module only modules.dep names: no dependencies, aliases, soft dependencies or
+    exported symbols (what depmod puts in its other indexes)."""
+    from amber.livepatch.module import ModuleError, decompress, parse_image
+
+    try:
+        info = parse_image(data, path)
+        _, image = decompress(data, path)
+    except ModuleError:
+        return False
+    keys = {key for key, _ in info.modinfo}
+    return not (info.depends or keys & {"alias", "softdep", "weakdep"} or b"__ksymtab" in image)
+
+
+def _member_data(members: Sequence[Member], name: str) -> bytes | None:
+    """The content of the last file of that name (the one the kernel keeps)."""
+    found = next((m for m in reversed(members) if m.name == name and m.is_file), None)
+    return bytes(found.data) if found is not None else None
+
+
 def _stem(relative: str) -> str:
     name = relative.rsplit("/", 1)[-1]
     return name.split(".ko", 1)[0].replace("-", "_")
@@ -294,7 +352,8 @@ def make_overlay(members: Sequence[Member], base: int, generator: str, release: 
     prefix = modules_prefix(members, release)
     old = {n.replace("-", "_") for n in dropped} - {name}
     files = {f"{prefix}livepatch/{module.name}": module.read_bytes()}
-    made = indexes(members, prefix, module, name, old, system_modules)
+    made = (added_to_index(members, prefix, module, name, old)
+            or indexes(members, prefix, module, name, old, system_modules))
     files |= {prefix + k: v for k, v in made.items()}
     config = load_config(members, generator, name, old)
     files[config.name] = bytes(config.data)
