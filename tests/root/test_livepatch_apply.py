@@ -353,9 +353,10 @@ def assert_index_as_depmod_makes_it(snapshot: Path, release: str, module: Path) 
 
     assert entries(direct["modules.dep.bin"]) == entries(made["modules.dep.bin"])
     assert sorted(direct["modules.dep"].splitlines()) == sorted(made["modules.dep"].splitlines())
-    # depmod's own files, read and written again: the same bytes.
+    # depmod's own files, read and written again: the same bytes (it leaves an index with
+    # nothing to say empty, without even a header).
     made_by_depmod = [bytes(m.data) for m in members if m.name.startswith(prefix + "modules.")
-                      and m.name.endswith(".bin")] + [made["modules.dep.bin"]]
+                      and m.name.endswith(".bin") and m.data] + [made["modules.dep.bin"]]
     assert len(made_by_depmod) >= 4
     for data in made_by_depmod:
         assert modindex.write_index(modindex.read_index(data)) == data

@@ -25,6 +25,11 @@ def test_the_layout_of_a_small_index() -> None:
     assert read_index(expected) == ENTRIES
 
 
+def test_an_empty_index_is_a_root_with_nothing() -> None:
+    empty = struct.pack(">III", 0xB007F457, 0x00020001, 12)
+    assert write_index({}) == empty and read_index(empty) == {}
+
+
 def test_shared_prefixes_and_many_values_read_back() -> None:
     entries = {"snd_hda_codec": [(3, "kernel/sound/a.ko: x.ko")],
                "snd_hda_codec_generic": [(4, "kernel/sound/b.ko:")],

@@ -91,6 +91,8 @@ def _write_node(out: bytearray, keys: list[str], depth: int, entries: Mapping[st
                 is_root: bool = False) -> int:
     """Write the node of `keys` (sorted, sharing their first `depth` characters) and what is
     below it; its offset with its flags."""
+    if not keys:  # the root of an empty index: a node with nothing
+        return len(out)
     prefix = "" if is_root else _common_prefix(keys, depth)
     depth += len(prefix)
     here = keys[0] if keys[0] == keys[0][:depth] and len(keys[0]) == depth else None
