@@ -13,8 +13,8 @@ shuffled order so that drift hits all sides alike, and prints the median of each
    installed, against `snapper --jsonout list` (target ≤ 0.7×); `amber cleanup --keep 10` of
    1,000 snapshots against deleting the same snapshots from a bare Python process. Target < 1 s.
 4. `amber status` against `python3 -c 'import btrfsutil'`. Target ≤ 2×. Beside it, what that
-   target is up against: `import argparse` alone, and the standard library of the project's
-   style (STYLE_MODULES), each against `import btrfsutil`.
+   target is up against: `import argparse` alone, `import dataclasses` alone, and the standard
+   library of the project's style (STYLE_MODULES), each against `import btrfsutil`.
 
 Every Python process starts clean by default: `python3 -I -S`, sys.path given explicitly (see
 Interpreter); `--site` starts them as on this host instead. The output says which.
@@ -146,8 +146,9 @@ class Root:
 
 
 def _pristine_image() -> Path:
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
+    for folder in (str(REPO / "src"), str(REPO)):  # any Python, amber installed or not
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     from testing.images import pristine_image
 
     return pristine_image()
@@ -456,6 +457,7 @@ def bench(runs: int, warmup: int, cleanup_runs: int, seed: int, where: Path) -> 
         status = Case("amber status", plain(PY.amber("--root", str(small.path), "status")))
         imp = Case("import btrfsutil", plain(PY.imports("btrfsutil")))
         imp_argparse = Case("import argparse", plain(PY.imports("argparse")))
+        imp_dataclasses = Case("import dataclasses", plain(PY.imports("dataclasses")))
         imp_style = Case("the style's standard library", plain(PY.imports(STYLE_MODULES)))
         listing = Case("amber snapshots", plain(PY.amber("--root", str(large.path),
                                                    "snapshots", "--json")))
@@ -463,8 +465,8 @@ def bench(runs: int, warmup: int, cleanup_runs: int, seed: int, where: Path) -> 
                                                       str(large.path)]))
         snapper = snapper_list(large)
         say(f"measuring: {warmup} warm-up and {runs} timed rounds")
-        cases = [floor, floor_large, run_small, run_large, status, imp, imp_argparse, imp_style,
-                 listing, subvols, *([snapper] if snapper else [])]
+        cases = [floor, floor_large, run_small, run_large, status, imp, imp_argparse,
+                 imp_dataclasses, imp_style, listing, subvols, *([snapper] if snapper else [])]
         interleaved(cases, runs, warmup, seed)
         say(f"measuring cleanup of {LARGE} snapshots, {cleanup_runs} round(s)")
         clean, delete = cleanup_cases(large, cleanup_runs)
@@ -486,9 +488,11 @@ def bench(runs: int, warmup: int, cleanup_runs: int, seed: int, where: Path) -> 
             Row(f"cleanup --keep {KEEP} of {LARGE} (s: {clean.median / 1000:.2f})", clean,
                 delete, "< 1 s", None, seconds_limit=1.0),
             Row("status start-up vs import btrfsutil", status, imp, "≤ 2×", 2.0),
-            # What the status target is up against: the CLI's parser alone, then every
-            # standard-library module the project's style brings (see STYLE_MODULES).
+            # What the status target is up against: the CLI's parser alone, the frozen
+            # dataclasses the style asks for alone, then every standard-library module the
+            # project's style brings (see STYLE_MODULES).
             Row("import argparse vs import btrfsutil", imp_argparse, imp, "-", None),
+            Row("import dataclasses vs import btrfsutil", imp_dataclasses, imp, "-", None),
             Row("the style's standard library vs import btrfsutil", imp_style, imp, "-", None),
             Row("status start-up vs the style's standard library", status, imp_style, "-",
                 None),
