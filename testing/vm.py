@@ -44,11 +44,15 @@ from testing.filelock import locked
 AGENT_UNIT = "amber-test-agent.service"
 AGENT_PATH = "/usr/lib/amber-test/agent.py"
 BOOT_TIMEOUT = float(os.environ.get("AMBER_TESTVM_BOOT_TIMEOUT", "300"))
-# Under TCG, a few boots in a hundred stop dead in OVMF or GRUB (no console output, no disk
-# reads); the same disk boots on a reset. A boot silent that long before its kernel is reset.
+# Under TCG, a few boots in a hundred stop dead between the restart and the kernel, in OVMF or
+# GRUB (no console output); the same disk boots on a reset. A boot silent that long before its
+# kernel is reset.
 FIRMWARE_STALL = float(os.environ.get("AMBER_TESTVM_FIRMWARE_STALL", "120"))
 STALL_RESETS = 2
-FIRMWARE_MARKERS = ("BdsDxe: starting", "Welcome to GRUB!")
+# The console lines after which a boot is in firmware or GRUB until its kernel prints: the
+# kernel's last line of a reboot (a stall can come before the firmware prints anything), the
+# firmware's and GRUB's first lines.
+FIRMWARE_MARKERS = ("reboot: machine restart", "BdsDxe: starting", "Welcome to GRUB!")
 KERNEL_MARKER = "Linux version"
 MEMORY = os.environ.get("AMBER_TESTVM_MEMORY", "1024")
 CPUS = os.environ.get("AMBER_TESTVM_CPUS", "2")
@@ -248,7 +252,7 @@ def check_firmware() -> None:
 
 def before_kernel(console: str) -> bool:
     """Whether the console's last boot is still in firmware or GRUB (no kernel line after the
-    last firmware or GRUB line)."""
+    last restart, firmware or GRUB line)."""
     firmware = max(console.rfind(marker) for marker in FIRMWARE_MARKERS)
     return firmware >= 0 and console.rfind(KERNEL_MARKER) < firmware
 

@@ -46,4 +46,7 @@ def test_a_boot_is_before_its_kernel_until_the_kernel_prints() -> None:
     assert before_kernel(reboot + "Welcome to GRUB!\r\n amber: booting snapshot 2")
     assert not before_kernel(reboot + "Welcome to GRUB!\n[ 0.0] Linux version 6.1.0-57-amd64")
     assert not before_kernel("[ 12.0] systemd[1]: Started something.")  # a running system
+    # The kernel restarted the machine, and the firmware has not printed yet.
+    assert before_kernel("[ 0.0] Linux version 6.1\n[ 37.1] reboot: machine restart\r\n")
+    assert not before_kernel("[ 37.1] reboot: Power down\r\n")
     assert not before_kernel("")
