@@ -267,21 +267,27 @@ def console_tail(log: Path, lines: int = 25) -> str:
 
 class StallWatch:
     """Resets a boot that stalls in firmware or GRUB (vm.firmware_stall seconds without console
-    output, no kernel yet), at most STALL_RESETS times per wait."""
+    output, no kernel yet), at most STALL_RESETS times per wait. `powered_on`: the wait starts
+    at power-on, so the boot is before its kernel until one prints."""
 
-    def __init__(self, vm: VM):
+    def __init__(self, vm: VM, powered_on: bool = False):
         self.vm = vm
         self.began = self.size = vm.console_size()
         self.grew = time.monotonic()
         self.resets = 0
+        self.powered_on = powered_on
 
     def reset_if_stalled(self) -> bool:
         size = self.vm.console_size()
         if size != self.size:
             self.size, self.grew = size, time.monotonic()
             return False
-        if (time.monotonic() - self.grew < self.vm.firmware_stall or self.resets >= STALL_RESETS
-                or not before_kernel(self.vm.console_text(self.began))):
+        if time.monotonic() - self.grew < self.vm.firmware_stall or self.resets >= STALL_RESETS:
+            return False
+        console = self.vm.console_text()
+        since_power_on = self.vm.console_text(self.began) if self.powered_on else None
+        if not (before_kernel(console)
+                or (since_power_on is not None and KERNEL_MARKER not in since_power_on)):
             return False
         self.resets += 1
         self.vm.reset_stalled_firmware()
@@ -486,7 +492,7 @@ class VM:
         port = self._load().get("port")
         assert isinstance(port, int)
         deadline = time.monotonic() + BOOT_TIMEOUT
-        watch = StallWatch(self)
+        watch = StallWatch(self, powered_on=proc is not None)
         while time.monotonic() < deadline:
             stopped = proc.poll() is not None if proc else self._pid() is None
             if stopped:

@@ -50,3 +50,41 @@ def test_a_boot_is_before_its_kernel_until_the_kernel_prints() -> None:
     assert before_kernel("[ 0.0] Linux version 6.1\n[ 37.1] reboot: machine restart\r\n")
     assert not before_kernel("[ 37.1] reboot: Power down\r\n")
     assert not before_kernel("")
+
+
+class ConsoleOnly:
+    """What StallWatch reads of a VM: its console and its stall limit; resets are counted."""
+
+    def __init__(self, console: str):
+        self.console, self.firmware_stall, self.resets = console, 0.0, 0
+
+    def console_size(self) -> int:
+        return len(self.console)
+
+    def console_text(self, since: int = 0) -> str:
+        return self.console[since:]
+
+    def reset_stalled_firmware(self) -> None:
+        self.resets += 1
+
+
+def test_a_silent_boot_is_reset_only_before_its_kernel() -> None:
+    from testing.vm import STALL_RESETS, StallWatch
+
+    running = ConsoleOnly("[ 0.0] Linux version 6.1\n[ 5.0] systemd[1]: Started.\n")
+    watch = StallWatch(running)  # type: ignore[arg-type]
+    assert not watch.reset_if_stalled()
+    restarted = ConsoleOnly("[ 0.0] Linux version 6.1\n[ 37.1] reboot: machine restart\n")
+    watch = StallWatch(restarted)  # type: ignore[arg-type]
+    assert [watch.reset_if_stalled() for _ in range(STALL_RESETS + 1)] == [
+        *[True] * STALL_RESETS, False]
+    assert restarted.resets == STALL_RESETS
+    # At power-on, the boot is before its kernel until a kernel line comes after the start.
+    powered = ConsoleOnly("[ 0.0] Linux version 6.1\n[ 37.1] reboot: Power down\n")
+    watch = StallWatch(powered, powered_on=True)  # type: ignore[arg-type]
+    assert watch.reset_if_stalled() and powered.resets == 1
+    powered.console += "[ 0.0] Linux version 6.1\n"
+    watch = StallWatch(powered, powered_on=True)  # type: ignore[arg-type]
+    powered.console += "[ 1.0] more\n"
+    assert not watch.reset_if_stalled()  # it grew
+    assert not StallWatch(ConsoleOnly(""), powered_on=False).reset_if_stalled()  # type: ignore[arg-type]
