@@ -320,8 +320,8 @@ def load_config(members: Sequence[Member], generator: str, name: str,
     """The generator's file that loads modules early in the initrd, with `name` in place of
     the earlier live patches."""
     path = DRACUT_DRIVERS if generator == "dracut" else INITRAMFS_MODULES
-    current = next((m for m in reversed(members) if m.name == path and m.is_file), None)
-    lines = bytes(current.data).decode(errors="replace").splitlines() if current else []
+    current = _member_data(members, path)
+    lines = current.decode(errors="replace").splitlines() if current is not None else []
     if generator == "dracut":
         gone = {f"rd.driver.pre={n}" for n in {*dropped, name}}
         kept = [line for line in lines if line.strip() not in gone]
