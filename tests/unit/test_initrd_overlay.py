@@ -17,6 +17,7 @@ from amber.boot.initrd_overlay import (
     MARKER,
     CannotAppend,
     Member,
+    _plain_module,
     all_members,
     load_config,
     modules_prefix,
@@ -26,6 +27,7 @@ from amber.boot.initrd_overlay import (
     write_archive,
 )
 from tests.conftest import require
+from tests.support.modules import Modules
 
 FILE = stat.S_IFREG | 0o644
 DIR = stat.S_IFDIR | 0o755
@@ -149,3 +151,26 @@ def test_the_generator_is_the_installed_package_not_a_leftover_command(tmp_path:
     assert initrd.generator(tmp_path) == "update-initramfs"
     status.write_text("Package: dracut\nStatus: install ok installed\nVersion: 059-4\n")
     assert initrd.generator(tmp_path) == "dracut"
+
+
+@pytest.mark.parametrize("compress", [None, "xz", "gzip"])
+def test_a_plain_module_is_one_modules_dep_alone_can_name(modules: Modules, debian_modules: Path,
+                                                          tmp_path: Path,
+                                                          compress: str | None) -> None:
+    """Compressed or not: a live patch is plain; a driver with aliases (depmod writes
+    modules.alias for it) and one that exports symbols are not."""
+    def copy(source: Path) -> Path:
+        target = tmp_path / source.name
+        shutil.copy(source, target)
+        if compress is None:
+            return target
+        subprocess.run([compress, "-k", str(target)], check=True)
+        return target.with_name(target.name + (".xz" if compress == "xz" else ".gz"))
+
+    patch = copy(modules.v1)
+    assert _plain_module(patch.read_bytes(), patch)
+    with_alias = next(iter(sorted(debian_modules.rglob("virtio_net.ko*"))))
+    exporting = next(iter(sorted(debian_modules.rglob("virtio_ring.ko*"))))
+    for source in (with_alias, exporting):
+        driver = copy(source)
+        assert not _plain_module(driver.read_bytes(), driver)

@@ -296,8 +296,8 @@ def _plain_module(data: bytes, path: Path) -> bool:
     from amber.livepatch.module import ModuleError, decompress, parse_image
 
     try:
-        info = parse_image(data, path)
-        _, image = decompress(data, path)
+        compression, image = decompress(data, path)
+        info = parse_image(image, path.with_suffix("") if compression else path)
     except ModuleError:
         return False
     keys = {key for key, _ in info.modinfo}
