@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from testing.vm import FIRMWARE_STALL, VM, Firmware
+from testing.vm import FIRMWARE_STALL, STALL_RESETS, VM, Firmware
 from tests.vm.conftest import booted_vm
 
 pytestmark = pytest.mark.vm
@@ -79,6 +79,11 @@ def a_boot_stalled_in_grub_is_reset(vm: VM) -> None:
     freezer.start()
     vm.reboot()
     freezer.join()
-    assert len(vm.stalls) == 1 and (vm.state / vm.stalls[0]["registers"]).read_text().strip()
-    assert vm.console_text(mark).count("Welcome to GRUB!") == 2
+    # The boot after the reset may stall too (TCG's stall, twice in three lane runs after this
+    # reset): the harness resets that one as well, within its limit.
+    assert 1 <= len(vm.stalls) <= STALL_RESETS
+    for stall in vm.stalls:
+        assert stall["boot"] == len(vm.boots)
+        assert "RIP=" in (vm.state / stall["registers"]).read_text()
+    assert vm.console_text(mark).count("Welcome to GRUB!") >= 2
     assert_booted_through_grub(vm, mark)
