@@ -148,3 +148,20 @@ def test_install_is_idempotent_check_mode_is_a_dry_run_and_failures_are_clean(
     assert "changed=1" in output
     for system in roots:
         assert numbers(system.root) == after_first[system.root]
+
+    # For real: the reboot cannot be made over a local connection, and the role fails the first
+    # host with the reboot module's own reason (only a lost connection is left to the health
+    # gate); max_fail_percentage 0 stops the rollout there.
+    rc, _, output = playbook(tmp_path, roots, "amber.system.rollout", newer,
+                             "-e", "amber_rollout_update=false",
+                             "-e", f'{{"amber_rollout_packages": ["{newer}"]}}',
+                             "-e", "amber_rollout_root={{ amber_root }}",
+                             "-e", "amber_hosts=roots", "-e", "amber_become=false")
+    assert rc != 0, output
+    _, rescue, after = output.partition("Fail unless the reboot only lost its connection")
+    assert rescue and "would reboot the control node" in after, output
+    assert "Wait for the boot's health verdict" not in output, output
+    first, *others = roots
+    assert numbers(first.root) == [*after_first[first.root], after_first[first.root][-1] + 1]
+    for system in others:
+        assert numbers(system.root) == after_first[system.root]
