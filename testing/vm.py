@@ -48,7 +48,7 @@ BOOT_TIMEOUT = float(os.environ.get("AMBER_TESTVM_BOOT_TIMEOUT", "300"))
 # GRUB (no console output); the same disk boots on a reset. A boot silent that long before its
 # kernel is reset.
 FIRMWARE_STALL = float(os.environ.get("AMBER_TESTVM_FIRMWARE_STALL", "120"))
-STALL_RESETS = 3  # the boot after a reset can stall again (seen after a paused GRUB's reset)
+STALL_RESETS = 3
 # The console lines after which a boot is in firmware or GRUB until its kernel prints: the
 # kernel's last line of a reboot (a stall can come before the firmware prints anything), the
 # firmware's and GRUB's first lines.
@@ -494,7 +494,9 @@ class VM:
         deadline = time.monotonic() + BOOT_TIMEOUT
         watch = StallWatch(self, powered_on=proc is not None)
         while time.monotonic() < deadline:
-            stopped = proc.poll() is not None if proc else self._pid() is None
+            # After a power cycle the qemu is another process (its pid is in vm.json).
+            stopped = (proc.poll() is not None if proc and not watch.resets
+                       else self._pid() is None)
             if stopped:
                 code = f"qemu exit code {proc.returncode}" if proc else "qemu is gone"
                 qemu = (self.state / "qemu.log").read_text(errors="replace").strip()
@@ -523,14 +525,25 @@ class VM:
         name = f"stall-{len(stalls) + 1}.txt"
         with contextlib.suppress(OSError):
             (self.state / name).write_text(self.monitor("info registers -a"))
-        # A paused VM (the UEFI firmware test pauses GRUB) runs again first, so that the reset
-        # is the one a running machine gets, as in a real stall.
-        self.monitor("cont")
-        self.monitor("system_reset")
+        # A power cycle, not the monitor's system_reset: after a system_reset the firmware
+        # often stalled again, three times in a row in one run.
         stalls.append({"boot": len(data.get("boots", [])) + 1, "registers": name})
         self._save(data)
+        self._power_cycle()  # after the save: it records the new qemu's pid
         step(f"The boot made no progress in firmware or GRUB for {self.firmware_stall:.0f} s (a TCG"
-             f" stall); the VM was reset, registers in {self.state / name}")
+             f" stall); the VM was power-cycled, registers in {self.state / name}")
+
+    def _power_cycle(self) -> None:
+        """Kill qemu and start it again on the same disk, ports and console log."""
+        data = self._load()
+        self.kill()
+        self.serial_socket.unlink(missing_ok=True)
+        self.monitor_socket.unlink(missing_ok=True)
+        with open(self.state / "qemu.log", "wb") as out:
+            proc = subprocess.Popen(self.qemu_argv(data["port"], data["ssh_port"]),
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    start_new_session=True)
+        self._update(pid=proc.pid)
 
     def monitor(self, command: str, timeout: float = 10) -> str:
         """One command on qemu's human monitor; its output."""
