@@ -45,8 +45,8 @@ AGENT_UNIT = "amber-test-agent.service"
 AGENT_PATH = "/usr/lib/amber-test/agent.py"
 BOOT_TIMEOUT = float(os.environ.get("AMBER_TESTVM_BOOT_TIMEOUT", "300"))
 # Under TCG, a few boots in a hundred stop dead between the restart and the kernel, in OVMF or
-# GRUB (no console output); the same disk boots on a reset. A boot silent that long before its
-# kernel is reset.
+# GRUB (no console output); the same disk boots after a power cycle. A boot silent that long
+# before its kernel is power-cycled.
 FIRMWARE_STALL = float(os.environ.get("AMBER_TESTVM_FIRMWARE_STALL", "120"))
 STALL_RESETS = 3
 # The console lines after which a boot is in firmware or GRUB until its kernel prints: the
@@ -463,19 +463,24 @@ class VM:
 
     def _power_on(self) -> float:
         """Start qemu on the disk and wait for the agent."""
-        self.serial_socket.unlink(missing_ok=True)
-        self.monitor_socket.unlink(missing_ok=True)
         port, ssh_port = free_port(), free_port()
         while ssh_port == port:
             ssh_port = free_port()
-        argv = self.qemu_argv(port, ssh_port)
         step(f"Booting the VM ({self.firmware})")
-        with open(self.state / "qemu.log", "wb") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    start_new_session=True)
+        proc = self._spawn_qemu(port, ssh_port)
         began = time.monotonic()
-        self._update(pid=proc.pid, port=port, ssh_port=ssh_port)
+        self._update(port=port, ssh_port=ssh_port)
         return self._wait_booted(began, previous=None, proc=proc)
+
+    def _spawn_qemu(self, port: int, ssh_port: int) -> subprocess.Popen[bytes]:
+        """Start qemu on the disk (its sockets made anew); its pid goes to vm.json."""
+        self.serial_socket.unlink(missing_ok=True)
+        self.monitor_socket.unlink(missing_ok=True)
+        with open(self.state / "qemu.log", "wb") as out:
+            proc = subprocess.Popen(self.qemu_argv(port, ssh_port), stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=out, start_new_session=True)
+        self._update(pid=proc.pid)
+        return proc
 
     def _wait_booted(self, began: float, previous: str | None,
                      proc: subprocess.Popen[bytes] | None = None) -> float:
@@ -537,13 +542,7 @@ class VM:
         """Kill qemu and start it again on the same disk, ports and console log."""
         data = self._load()
         self.kill()
-        self.serial_socket.unlink(missing_ok=True)
-        self.monitor_socket.unlink(missing_ok=True)
-        with open(self.state / "qemu.log", "wb") as out:
-            proc = subprocess.Popen(self.qemu_argv(data["port"], data["ssh_port"]),
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-                                    start_new_session=True)
-        self._update(pid=proc.pid)
+        self._spawn_qemu(data["port"], data["ssh_port"])
 
     def monitor(self, command: str, timeout: float = 10) -> str:
         """One command on qemu's human monitor; its output."""
